@@ -1,0 +1,47 @@
+# fastudp — build, test and measure.
+# `make test` is the command README and CI run; keep them in step.
+
+GO       ?= go
+PKGS     := ./...
+# Packages with goroutines, locks or shared state get -race.
+RACE_PKGS := ./batchio/...
+FUZZTIME ?= 10s
+
+.PHONY: build test lint vet fmt-check unit race fuzz fuzz-smoke clean
+
+build:
+	$(GO) build -o bin/fastudp ./cmd/fastudp
+
+## test: vet, format check, unit and integration tests, race tests, short fuzz smoke.
+test: lint unit race fuzz-smoke
+
+lint: vet fmt-check
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+unit:
+	$(GO) test -count=1 $(PKGS)
+
+race:
+	$(GO) test -count=1 -race $(RACE_PKGS)
+
+# fuzz-smoke runs every fuzz target briefly (Go allows one target per -fuzz run).
+fuzz-smoke:
+	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+## fuzz: longer fuzzing of every target (FUZZTIME=5m make fuzz).
+fuzz:
+	$(MAKE) fuzz-smoke FUZZTIME=$(or $(FUZZTIME_LONG),2m)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,251 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Affinity chooses the client key hashed for backend selection.
+type Affinity uint8
+
+// Affinity modes. Flows are always keyed by the full client address; the mode
+// only decides which part of it the backend choice (and shard steering) sees.
+const (
+	// AffinityIP hashes the client IP only: every port of a client reaches the
+	// same backend (in separate flows).
+	AffinityIP Affinity = iota
+	// AffinityIPPort hashes the client IP and port.
+	AffinityIPPort
+)
+
+func (a Affinity) String() string {
+	switch a {
+	case AffinityIP:
+		return "ip"
+	case AffinityIPPort:
+		return "ip-port"
+	}
+	return fmt.Sprintf("affinity(%d)", uint8(a))
+}
+
+// ParseAffinity parses "ip" or "ip-port".
+func ParseAffinity(s string) (Affinity, error) {
+	switch s {
+	case "ip":
+		return AffinityIP, nil
+	case "ip-port":
+		return AffinityIPPort, nil
+	}
+	return 0, fmt.Errorf("affinity %q: want ip or ip-port", s)
+}
+
+// ProxyMode chooses when a PROXY protocol v2 header precedes upstream datagrams.
+type ProxyMode uint8
+
+// PROXY v2 modes.
+const (
+	ProxyOff   ProxyMode = iota // no header
+	ProxyFirst                  // header on the first datagram the flow sends upstream
+	ProxyEvery                  // header on every upstream datagram
+)
+
+func (p ProxyMode) String() string {
+	switch p {
+	case ProxyOff:
+		return "off"
+	case ProxyFirst:
+		return "first"
+	case ProxyEvery:
+		return "every"
+	}
+	return fmt.Sprintf("proxy(%d)", uint8(p))
+}
+
+// ParseProxyMode parses "off", "first" or "every".
+func ParseProxyMode(s string) (ProxyMode, error) {
+	switch s {
+	case "off":
+		return ProxyOff, nil
+	case "first":
+		return ProxyFirst, nil
+	case "every":
+		return ProxyEvery, nil
+	}
+	return 0, fmt.Errorf("proxy protocol %q: want off, first or every", s)
+}
+
+// Defaults for [ClusterConfig] and [Config].
+const (
+	DefaultTimeout           = 30 * time.Second
+	DefaultMaxFlows          = 65536
+	DefaultMaxRxDatagramSize = 4096 // EDNS0's largest common buffer; any QUIC packet on a 1500-byte path
+	DefaultPendingLimit      = 4
+	DefaultExpiryBudget      = 1024
+	// MaxDatagramSize is the largest UDP payload over IPv4 and the largest
+	// value SetMaxRxDatagramSize accepts.
+	MaxDatagramSize = 65507
+)
+
+// ClusterConfig is the contract a listener gives its new flows. A flow
+// captures the config in force when it was admitted and keeps it for life.
+type ClusterConfig struct {
+	// Cluster is echoed in [OutSelectBackend].
+	Cluster ClusterID
+	// Affinity chooses the key hashed for backend selection.
+	Affinity Affinity
+	// Responses closes a flow after it returned this many backend datagrams;
+	// 0 means unlimited (DNS uses 1).
+	Responses uint32
+	// Requests detaches a flow from its client after this many client
+	// datagrams: the client's next datagram starts a new flow, and the old one
+	// stays open for replies until Responses or BackTimeout; 0 means unlimited.
+	Requests uint32
+	// FrontTimeout is the idle timeout after a client datagram; BackTimeout
+	// after a backend datagram (and after Requests is reached). Zero or
+	// negative means [DefaultTimeout].
+	FrontTimeout, BackTimeout time.Duration
+	// Lifetime closes a flow this long after admission; 0 means unlimited.
+	Lifetime time.Duration
+	// ProxyProtocol chooses when upstream datagrams carry a PROXY v2 header.
+	ProxyProtocol ProxyMode
+	// PublicAddr, when valid, replaces the local address as the PROXY v2
+	// destination (for a proxy behind NAT).
+	PublicAddr netip.AddrPort
+}
+
+// Validate reports the first invalid field of c.
+func (c *ClusterConfig) Validate() error {
+	switch {
+	case c.Affinity > AffinityIPPort:
+		return fmt.Errorf("affinity %d: unknown mode", c.Affinity)
+	case c.ProxyProtocol > ProxyEvery:
+		return fmt.Errorf("proxy protocol %d: unknown mode", c.ProxyProtocol)
+	case c.FrontTimeout < 0:
+		return fmt.Errorf("front timeout %v: must not be negative", c.FrontTimeout)
+	case c.BackTimeout < 0:
+		return fmt.Errorf("back timeout %v: must not be negative", c.BackTimeout)
+	case c.Lifetime < 0:
+		return fmt.Errorf("lifetime %v: must not be negative", c.Lifetime)
+	}
+	return nil
+}
+
+// normalized returns c with defaults filled in and invalid modes made safe, so
+// a bad config event can never leave a flow without a finite deadline.
+func (c ClusterConfig) normalized() ClusterConfig {
+	if c.FrontTimeout <= 0 {
+		c.FrontTimeout = DefaultTimeout
+	}
+	if c.BackTimeout <= 0 {
+		c.BackTimeout = DefaultTimeout
+	}
+	if c.Lifetime < 0 {
+		c.Lifetime = 0
+	}
+	if c.Affinity > AffinityIPPort {
+		c.Affinity = AffinityIP
+	}
+	if c.ProxyProtocol > ProxyEvery {
+		c.ProxyProtocol = ProxyOff
+	}
+	return c
+}
+
+// ConfigKind says what a [ConfigEvent] changes.
+type ConfigKind uint8
+
+// Config event kinds.
+const (
+	// ConfigSetCluster gives Listener a new cluster config (Cluster); it applies
+	// to new flows only.
+	ConfigSetCluster ConfigKind = iota + 1
+	// ConfigRemoveCluster leaves Listener without a cluster: its client
+	// datagrams are dropped with [DropNoCluster]; replies still flow.
+	ConfigRemoveCluster
+	// ConfigSetMaxFlows sets the flow cap to Value. Shrinking sheds new flows
+	// only; live flows stay.
+	ConfigSetMaxFlows
+	// ConfigSetMaxRxDatagramSize sets the largest accepted datagram (or GRO
+	// segment) to Value, clamped to 1..[MaxDatagramSize].
+	ConfigSetMaxRxDatagramSize
+	// ConfigDrain stops admitting new flows; live flows go on.
+	ConfigDrain
+	// ConfigUndrain admits new flows again.
+	ConfigUndrain
+	// ConfigCloseAll closes every flow with [CloseShutdown].
+	ConfigCloseAll
+)
+
+var configKindNames = [...]string{"", "set-cluster", "remove-cluster", "max-flows", "max-rx", "drain", "undrain", "close-all"}
+
+func (k ConfigKind) String() string {
+	if int(k) < len(configKindNames) && k != 0 {
+		return configKindNames[k]
+	}
+	return fmt.Sprintf("config(%d)", uint8(k))
+}
+
+// ConfigEvent is a control-plane change delivered by [InConfig].
+type ConfigEvent struct {
+	Kind     ConfigKind
+	Listener ListenerID
+	Cluster  ClusterConfig
+	Value    int
+}
+
+// Config configures a [Manager] at construction.
+type Config struct {
+	// Seed keys the affinity hash (shared by every shard and node that must
+	// agree on backend choice) and the flow table's hash.
+	Seed uint64
+	// MaxFlows caps live flows; 0 means [DefaultMaxFlows].
+	MaxFlows int
+	// MaxRxDatagramSize is the largest accepted datagram or GRO segment; 0
+	// means [DefaultMaxRxDatagramSize].
+	MaxRxDatagramSize int
+	// PendingLimit bounds the datagrams held for a flow waiting for its
+	// backend; 0 means [DefaultPendingLimit].
+	PendingLimit int
+	// ExpiryBudget bounds the timer-heap entries one InTimer processes; 0
+	// means [DefaultExpiryBudget].
+	ExpiryBudget int
+	// Pool supplies buffers for datagrams held across calls; nil means a
+	// private [SlicePool].
+	Pool BufferPool
+}
+
+// ErrInvalidConfig is wrapped by the errors [NewManager] returns.
+var ErrInvalidConfig = errors.New("invalid core config")
+
+func (c Config) normalized() (Config, error) {
+	if c.MaxFlows < 0 || c.MaxFlows > maxFlowSlots {
+		return c, fmt.Errorf("%w: max flows %d outside 0..%d", ErrInvalidConfig, c.MaxFlows, maxFlowSlots)
+	}
+	if c.MaxRxDatagramSize < 0 || c.MaxRxDatagramSize > MaxDatagramSize {
+		return c, fmt.Errorf("%w: max rx datagram size %d outside 0..%d", ErrInvalidConfig, c.MaxRxDatagramSize, MaxDatagramSize)
+	}
+	if c.PendingLimit < 0 || c.PendingLimit > 1024 {
+		return c, fmt.Errorf("%w: pending limit %d outside 0..1024", ErrInvalidConfig, c.PendingLimit)
+	}
+	if c.ExpiryBudget < 0 {
+		return c, fmt.Errorf("%w: expiry budget %d is negative", ErrInvalidConfig, c.ExpiryBudget)
+	}
+	if c.MaxFlows == 0 {
+		c.MaxFlows = DefaultMaxFlows
+	}
+	if c.MaxRxDatagramSize == 0 {
+		c.MaxRxDatagramSize = DefaultMaxRxDatagramSize
+	}
+	if c.PendingLimit == 0 {
+		c.PendingLimit = DefaultPendingLimit
+	}
+	if c.ExpiryBudget == 0 {
+		c.ExpiryBudget = DefaultExpiryBudget
+	}
+	if c.Pool == nil {
+		c.Pool = NewSlicePool(4096)
+	}
+	return c, nil
+}

@@ -1,0 +1,142 @@
+package core
+
+import (
+	"encoding/binary"
+	"math/bits"
+	"net/netip"
+)
+
+// The affinity hash is a published contract: every shard, every node started
+// with the same seed, and the eBPF steering program must compute the same value
+// for the same client, so it is written to be easy to reproduce in C.
+//
+//	h := 0xcbf29ce484222325                  // FNV-1a 64 offset basis
+//	for each byte b of:
+//	    seed as 8 bytes, little-endian;
+//	    the client IP: 4 bytes for IPv4 (IPv4-mapped IPv6 is unmapped first),
+//	        16 bytes for IPv6, in network order;
+//	    with AffinityIPPort only: the client port, 2 bytes, big-endian;
+//	do  h ^= b; h *= 0x100000001b3             // FNV-1a 64 prime
+//	h ^= h >> 30; h *= 0xbf58476d1ce4e5b9      // splitmix64 finaliser
+//	h ^= h >> 27; h *= 0x94d049bb133111eb
+//	h ^= h >> 31
+//
+// Test vectors are in testdata/affinity-hash.txt.
+const (
+	fnvOffset64 = 0xcbf29ce484222325
+	fnvPrime64  = 0x100000001b3
+)
+
+// AffinityHash returns the affinity key of client under mode with seed, as
+// documented above. It allocates nothing.
+func AffinityHash(seed uint64, client netip.AddrPort, mode Affinity) uint64 {
+	return affinityFrom(fnvSeeded(seed), client, mode)
+}
+
+// fnvSeeded returns the FNV-1a state after the seed bytes, which the manager
+// computes once.
+func fnvSeeded(seed uint64) uint64 {
+	h := uint64(fnvOffset64)
+	for i := 0; i < 8; i++ {
+		h ^= seed >> (8 * i) & 0xff
+		h *= fnvPrime64
+	}
+	return h
+}
+
+func affinityFrom(h uint64, client netip.AddrPort, mode Affinity) uint64 {
+	ip := client.Addr().Unmap()
+	if ip.Is4() {
+		b := ip.As4()
+		for _, c := range b {
+			h ^= uint64(c)
+			h *= fnvPrime64
+		}
+	} else {
+		b := ip.As16()
+		for _, c := range b {
+			h ^= uint64(c)
+			h *= fnvPrime64
+		}
+	}
+	if mode == AffinityIPPort {
+		p := client.Port()
+		h ^= uint64(p >> 8)
+		h *= fnvPrime64
+		h ^= uint64(p & 0xff)
+		h *= fnvPrime64
+	}
+	return splitmix64(h)
+}
+
+// splitmix64 is the finaliser of Steele, Lea and Flood's SplitMix64.
+func splitmix64(h uint64) uint64 {
+	h ^= h >> 30
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 27
+	h *= 0x94d049bb133111eb
+	h ^= h >> 31
+	return h
+}
+
+// addr is a pointer-free socket address for the flow table. netip.AddrPort
+// holds a pointer (its zone handle); keeping flows pointer-free keeps a table of
+// a million flows out of the garbage collector's way. Zones are not kept.
+type addr struct {
+	ip   [16]byte // IPv4 addresses in IPv4-mapped form
+	port uint16
+	is4  bool // the address was a plain IPv4 address (not IPv4-mapped IPv6)
+}
+
+func toAddr(ap netip.AddrPort) addr {
+	a := ap.Addr()
+	return addr{ip: a.As16(), port: ap.Port(), is4: a.Is4()}
+}
+
+func (a *addr) addrPort() netip.AddrPort {
+	if a.port == 0 && !a.is4 && a.ip == ([16]byte{}) {
+		return netip.AddrPort{} // the shell gave no address
+	}
+	if a.is4 {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(a.ip[12:16])), a.port)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(a.ip), a.port)
+}
+
+// flowKey is what the flow table is keyed by: listener, client, local address.
+type flowKey struct {
+	client, local addr
+	listener      ListenerID
+}
+
+// tableSecrets key the flow table's hash so that clients cannot choose
+// addresses that collide.
+type tableSecrets [4]uint64
+
+func newTableSecrets(seed uint64) tableSecrets {
+	var s tableSecrets
+	x := seed ^ 0x6a09e667f3bcc908
+	for i := range s {
+		x += 0x9e3779b97f4a7c15
+		s[i] = splitmix64(x) | 1
+	}
+	return s
+}
+
+// hash mixes the key with 64x64->128 multiplies (as wyhash does): a few
+// nanoseconds for the 38 bytes of a key.
+func (s *tableSecrets) hash(k *flowKey) uint64 {
+	c0 := binary.LittleEndian.Uint64(k.client.ip[0:8])
+	c1 := binary.LittleEndian.Uint64(k.client.ip[8:16])
+	l0 := binary.LittleEndian.Uint64(k.local.ip[0:8])
+	l1 := binary.LittleEndian.Uint64(k.local.ip[8:16])
+	ports := uint64(k.client.port) | uint64(k.local.port)<<16 | uint64(k.listener)<<32
+	h := mum(c0^s[0], c1^s[1])
+	h ^= mum(l0^s[2], l1^s[3])
+	return mum(h^s[1], ports^s[0])
+}
+
+func mum(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	return hi ^ lo
+}
