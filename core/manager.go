@@ -98,8 +98,12 @@ type Manager struct {
 	release [][]byte // pool buffers referenced by the last call's outputs
 	arena   []byte   // PROXY v2 headers of the current call
 	out     []Output
-	armed   Time
-	rearm   bool
+	// ctxListener and ctxFlow name the listener and flow of the input being
+	// handled, so drops can be attributed without threading them through.
+	ctxListener ListenerID
+	ctxFlow     FlowID
+	armed       Time
+	rearm       bool
 
 	stats Stats
 }
@@ -159,6 +163,12 @@ func (m *Manager) recycle() {
 func (m *Manager) emit(o Output) { m.out = append(m.out, o) }
 
 func (m *Manager) handle(now Time, in *Input) {
+	m.ctxListener, m.ctxFlow = in.Listener, in.Flow
+	if in.Kind == InClientDatagram {
+		m.ctxFlow = 0 // a client datagram names no flow, whatever Flow holds
+	} else if idx, ok := m.lookup(in.Flow); ok {
+		m.ctxListener = m.flows[idx].key.listener
+	}
 	switch in.Kind {
 	case InClientDatagram:
 		m.onClient(now, in)
@@ -183,7 +193,7 @@ func (m *Manager) handle(now Time, in *Input) {
 
 func (m *Manager) drop(r DropReason, datagrams, bytes int) {
 	m.stats.Drops[r] += uint64(datagrams)
-	m.emit(Output{Kind: OutDrop, DropReason: r, Datagrams: datagrams, Bytes: bytes})
+	m.emit(Output{Kind: OutDrop, DropReason: r, Listener: m.ctxListener, Flow: m.ctxFlow, Datagrams: datagrams, Bytes: bytes})
 }
 
 func (m *Manager) metric(k MetricKind, id FlowID) {
@@ -305,6 +315,9 @@ func (m *Manager) allocSlot() uint32 {
 func (m *Manager) accept(now Time, idx uint32, payload []byte, seg int, tos uint8) []byte {
 	f := &m.flows[idx]
 	cfg := &m.versions[f.cfg].cfg
+	if seg >= len(payload) {
+		seg = 0 // the rest of a split run may be one datagram
+	}
 	n := segmentCount(len(payload), seg)
 	take := n
 	if cfg.Requests > 0 {
@@ -529,6 +542,13 @@ func (m *Manager) onResolved(now Time, in *Input) {
 		m.metric(MetricStaleInput, in.Flow)
 		return
 	}
+	if m.flows[idx].deadline <= now {
+		// A late answer for a flow already past its deadline: opening an
+		// upstream for it would send its held datagrams to a backend whose
+		// replies it could no longer accept.
+		m.expire(idx, now)
+		return
+	}
 	if in.NoBackend || !in.Backend.Addr.IsValid() {
 		m.closeFlow(idx, now, CloseNoBackend)
 		return
@@ -589,7 +609,13 @@ func (m *Manager) closeFlow(idx uint32, now Time, reason CloseReason) {
 		if reason == CloseNoBackend {
 			r = DropNoBackend
 		}
+		// Attribute the held datagrams to this flow, then restore the
+		// input's context: a later drop of the same input (a client datagram
+		// that found this flow expired and is then refused) must not name it.
+		ctxListener, ctxFlow := m.ctxListener, m.ctxFlow
+		m.ctxListener, m.ctxFlow = f.key.listener, makeFlowID(idx, f.gen)
 		m.drop(r, int(f.pending), bytes)
+		m.ctxListener, m.ctxFlow = ctxListener, ctxFlow
 		f.pendHead, f.pendTail, f.pending = -1, -1, 0
 	}
 	m.detach(f, idx)

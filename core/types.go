@@ -173,7 +173,9 @@ const (
 	// upstream socket and forgets the flow. Stats describes the flow's life.
 	OutCloseFlow
 	// OutDrop says Datagrams datagrams totalling Bytes bytes were dropped for
-	// DropReason. It is the only event emitted for a drop.
+	// DropReason. It is the only event emitted for a drop. Listener and Flow
+	// name where the datagrams came from when the core knows (Flow is zero
+	// for a client datagram that found no flow).
 	OutDrop
 )
 
