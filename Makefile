@@ -6,11 +6,17 @@ PKGS     := ./...
 # Packages with goroutines, locks or shared state get -race.
 RACE_PKGS := ./batchio/...
 FUZZTIME ?= 10s
+BENCHTIME ?= 1s
+BENCHCOUNT ?= 3
 
-.PHONY: build test lint vet fmt-check unit race fuzz fuzz-smoke clean
+.PHONY: build demo test lint vet fmt-check unit race fuzz fuzz-smoke bench clean
 
 build:
 	$(GO) build -o bin/fastudp ./cmd/fastudp
+
+## demo: two echo backends and the proxy on loopback, with a live table.
+demo:
+	$(GO) run ./cmd/fastudp demo --duration $(or $(DURATION),5s)
 
 ## test: vet, format check, unit and integration tests, race tests, short fuzz smoke.
 test: lint unit race fuzz-smoke
@@ -21,7 +27,7 @@ vet:
 	$(GO) vet $(PKGS)
 
 fmt-check:
-	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	@out=$$(gofmt -l .); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 unit:
@@ -42,6 +48,11 @@ fuzz-smoke:
 ## fuzz: longer fuzzing of every target (FUZZTIME=5m make fuzz).
 fuzz:
 	$(MAKE) fuzz-smoke FUZZTIME=$(or $(FUZZTIME_LONG),2m)
+
+## bench: core benchmarks, -benchmem, BENCHCOUNT runs of BENCHTIME each (bench/RESULTS.md
+## records the figures; add -short via BENCHFLAGS=-short to skip the 1M-flow cases).
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) $(BENCHFLAGS) ./core/...
 
 clean:
 	rm -rf bin

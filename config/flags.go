@@ -1,0 +1,143 @@
+package config
+
+import (
+	"flag"
+	"strconv"
+	"strings"
+)
+
+// QuickStartCluster and QuickStartListener name the cluster and listener a
+// config built from quick-start flags has.
+const (
+	QuickStartCluster  = "default"
+	QuickStartListener = "default"
+)
+
+// Flags are the quick-start flags of `fastudp run` (without --config), as
+// given on the command line: one listener, named "default", in front of one
+// cluster, named "default". An empty field is a flag not given, which leaves
+// the default. Values are kept as text so that [Flags.Config] checks them with
+// the config file's rules and names the flag in its errors.
+type Flags struct {
+	Listen        string   // --listen ADDR
+	Backends      []string // --backend ADDR, repeated
+	Responses     string   // --responses N
+	Requests      string   // --requests N
+	IdleTimeout   string   // --idle-timeout DURATION: front_timeout and back_timeout
+	MaxFlows      string   // --max-flows N
+	Affinity      string   // --affinity ip|ip-port
+	ProxyProtocol string   // --proxy-protocol off|first|every
+	Shards        string   // --shards N
+	Seed          string   // --seed N
+	Metrics       string   // --metrics ADDR
+	LogLevel      string   // --log-level LEVEL
+}
+
+// Register defines the quick-start flags on fs, storing into f.
+func (f *Flags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&f.Listen, "listen", "", "listen on `ADDR` (ip:port) without a config file")
+	fs.Func("backend", "forward to backend `ADDR` (ip:port); repeat for more backends", func(s string) error {
+		f.Backends = append(f.Backends, s)
+		return nil
+	})
+	fs.StringVar(&f.Responses, "responses", "", "close a flow after `N` backend datagrams (default 0: unlimited; DNS uses 1)")
+	fs.StringVar(&f.Requests, "requests", "", "detach a flow from its client after `N` client datagrams (default 0: unlimited)")
+	fs.StringVar(&f.IdleTimeout, "idle-timeout", "", "close a flow idle for `DURATION` (default 30s)")
+	fs.StringVar(&f.MaxFlows, "max-flows", "", "cap live flows in the process at `N` (default 65536)")
+	fs.StringVar(&f.Affinity, "affinity", "", "backend affinity `MODE`: ip or ip-port (default ip)")
+	fs.StringVar(&f.ProxyProtocol, "proxy-protocol", "", "send PROXY v2 headers: `MODE` off, first or every (default off)")
+	fs.StringVar(&f.Shards, "shards", "", "run `N` shards (default 0: GOMAXPROCS)")
+	fs.StringVar(&f.Seed, "seed", "", "affinity hash seed `N`, decimal or 0x hex (default 0x66617374756470)")
+	fs.StringVar(&f.Metrics, "metrics", "", "serve Prometheus /metrics on `ADDR` (host:port; default off)")
+	fs.StringVar(&f.LogLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default info)")
+}
+
+// flagSpec ties a quick-start flag to the config key it sets.
+type flagSpec struct {
+	name  string   // without dashes
+	paths []string // config paths it sets
+	get   func(*Flags) string
+	int   bool // the key wants an integer
+}
+
+var flagSpecs = []flagSpec{
+	{"listen", []string{"listener", "listener[0]"}, func(f *Flags) string { return f.Listen }, false},
+	{"backend", []string{"cluster[0]"}, nil, false},
+	{"responses", []string{"cluster[0].responses"}, func(f *Flags) string { return f.Responses }, true},
+	{"requests", []string{"cluster[0].requests"}, func(f *Flags) string { return f.Requests }, true},
+	{"idle-timeout", []string{"cluster[0].front_timeout", "cluster[0].back_timeout"}, func(f *Flags) string { return f.IdleTimeout }, false},
+	{"max-flows", []string{"max_flows"}, func(f *Flags) string { return f.MaxFlows }, true},
+	{"affinity", []string{"cluster[0].affinity"}, func(f *Flags) string { return f.Affinity }, false},
+	{"proxy-protocol", []string{"cluster[0].proxy_protocol"}, func(f *Flags) string { return f.ProxyProtocol }, false},
+	{"shards", []string{"shards"}, func(f *Flags) string { return f.Shards }, true},
+	{"seed", []string{"seed"}, func(f *Flags) string { return f.Seed }, false},
+	{"metrics", []string{"metrics"}, func(f *Flags) string { return f.Metrics }, false},
+	{"log-level", []string{"log_level"}, func(f *Flags) string { return f.LogLevel }, false},
+}
+
+// Given returns the quick-start flags that were given, as "--name", so the
+// command can refuse them next to --config.
+func (f *Flags) Given() []string {
+	var out []string
+	for _, s := range flagSpecs {
+		if s.get == nil && len(f.Backends) > 0 || s.get != nil && s.get(f) != "" {
+			out = append(out, "--"+s.name)
+		}
+	}
+	return out
+}
+
+// Config builds and validates the config the flags describe. Errors are
+// [*Error]s naming the flag, such as `--backend: "10.0.0.1" is not an
+// ip:port`.
+func (f *Flags) Config() (*Config, error) {
+	if f.Listen == "" {
+		return nil, &Error{Flag: "--listen", Msg: "is required without --config"}
+	}
+	if len(f.Backends) == 0 {
+		return nil, &Error{Flag: "--backend", Msg: "at least one is required"}
+	}
+	src := &origin{flags: make(map[string]string)}
+	top := map[string]any{}
+	cl := map[string]any{"name": QuickStartCluster}
+	backends := make([]map[string]any, len(f.Backends))
+	for i, b := range f.Backends {
+		backends[i] = map[string]any{"address": b}
+		src.flags[indexPath("cluster[0].backend", i)] = "--backend"
+	}
+	cl["backend"] = backends
+	top["cluster"] = []map[string]any{cl}
+	top["listener"] = []map[string]any{{"name": QuickStartListener, "address": f.Listen, "cluster": QuickStartCluster}}
+
+	for _, s := range flagSpecs {
+		for _, p := range s.paths {
+			src.flags[p] = "--" + s.name
+		}
+		if s.get == nil || s.name == "listen" || s.get(f) == "" {
+			continue
+		}
+		var val any = s.get(f)
+		if s.int {
+			n, err := strconv.ParseInt(s.get(f), 10, 64)
+			if err != nil {
+				return nil, &Error{Flag: "--" + s.name, Msg: strconv.Quote(s.get(f)) + " is not an integer"}
+			}
+			val = n
+		}
+		for _, p := range s.paths {
+			if k, ok := strings.CutPrefix(p, "cluster[0]."); ok {
+				cl[k] = val
+			} else {
+				top[p] = val
+			}
+		}
+	}
+	c, err := decode(top, src)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
