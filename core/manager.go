@@ -331,7 +331,12 @@ func (m *Manager) accept(now Time, idx uint32, payload []byte, seg int, tos uint
 		}
 	}
 	if f.state == stateAwaiting {
+		m.ctxFlow = makeFlowID(idx, f.gen)
 		take = m.hold(f, chunk, seg, tos)
+		m.ctxFlow = 0
+		if take == 0 {
+			return rest // all dropped: a dropped datagram never refreshes a flow
+		}
 	} else {
 		m.forward(f, idx, chunk, seg, tos)
 	}
