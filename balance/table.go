@@ -1,0 +1,197 @@
+package balance
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Algorithm names a load-balancing policy.
+type Algorithm uint8
+
+// Algorithms with an immutable [Table].
+const (
+	// Maglev is Google's consistent hashing with a lookup table (Eisenbud et
+	// al., NSDI 2016): O(1) lookup, near-minimal disruption.
+	Maglev Algorithm = iota + 1
+	// HRW is weighted rendezvous (highest random weight) hashing: O(N)
+	// lookup, minimal disruption.
+	HRW
+)
+
+// String returns the name ParseAlgorithm accepts.
+func (a Algorithm) String() string {
+	switch a {
+	case Maglev:
+		return "maglev"
+	case HRW:
+		return "hrw"
+	}
+	return fmt.Sprintf("algorithm(%d)", uint8(a))
+}
+
+// ParseAlgorithm parses "maglev" or "hrw".
+func ParseAlgorithm(s string) (Algorithm, error) {
+	switch s {
+	case "maglev":
+		return Maglev, nil
+	case "hrw":
+		return HRW, nil
+	}
+	return 0, fmt.Errorf("unknown load-balancing algorithm %q (want maglev or hrw)", s)
+}
+
+// Table chooses backends for affinity keys. It is immutable once built and may
+// be shared read-only by any number of goroutines. The zero Table has no
+// backends and every lookup on it fails.
+//
+// Backend indices (in [Table.Backend], [Table.IndexOf] and [Set]) refer to the
+// table's backends sorted by address; they are stable for the life of the
+// table and may differ between tables.
+type Table struct {
+	alg      Algorithm
+	seed     uint64
+	backends []Backend // sorted by normalised address
+	// hrw[i] is backendHash(seed, saltHRW, backends[i].Addr).
+	hrw []uint64
+	// weight[i] is float64(backends[i].Weight); nil when all weights are
+	// equal, which lets HRW compare hashes without logarithms.
+	weight []float64
+	// slots is the Maglev lookup table of M entries, each a backend index;
+	// nil for HRW.
+	slots []uint16
+	m     uint64
+}
+
+// New builds a table for alg. size is the Maglev table size (see [NewMaglev])
+// and is ignored by HRW.
+func New(alg Algorithm, seed uint64, backends []Backend, size uint32) (*Table, error) {
+	switch alg {
+	case Maglev:
+		return NewMaglev(seed, backends, size)
+	case HRW:
+		return NewHRW(seed, backends)
+	}
+	return nil, fmt.Errorf("balance: %v has no table", alg)
+}
+
+// NewHRW builds a weighted rendezvous table. It returns an error wrapping
+// [ErrNoBackends], [ErrZeroWeight], [ErrInvalidAddr], [ErrDuplicateBackend] or
+// [ErrTooManyBackends] when backends is not a valid set. backends is not
+// retained.
+func NewHRW(seed uint64, backends []Backend) (*Table, error) {
+	t, err := newTable(HRW, seed, backends)
+	if err != nil {
+		return nil, fmt.Errorf("balance: hrw: %w", err)
+	}
+	return t, nil
+}
+
+func newTable(alg Algorithm, seed uint64, backends []Backend) (*Table, error) {
+	bs, err := sortedBackends(backends)
+	if err != nil {
+		return nil, err
+	}
+	t := &Table{alg: alg, seed: seed, backends: bs, hrw: make([]uint64, len(bs))}
+	equal := true
+	for i := range bs {
+		t.hrw[i] = backendHash(seed, saltHRW, bs[i].Addr)
+		equal = equal && bs[i].Weight == bs[0].Weight
+	}
+	if !equal {
+		t.weight = make([]float64, len(bs))
+		for i := range bs {
+			t.weight[i] = float64(bs[i].Weight)
+		}
+	}
+	return t, nil
+}
+
+// Algorithm returns the table's algorithm.
+func (t *Table) Algorithm() Algorithm { return t.alg }
+
+// Seed returns the seed the table was built with.
+func (t *Table) Seed() uint64 { return t.seed }
+
+// Size returns the number of Maglev slots M, or 0 for HRW.
+func (t *Table) Size() int { return len(t.slots) }
+
+// Len returns the number of backends.
+func (t *Table) Len() int { return len(t.backends) }
+
+// Backend returns backend i (0 <= i < Len) in address order.
+func (t *Table) Backend(i int) Backend { return t.backends[i] }
+
+// Backends returns a copy of the backends in address order.
+func (t *Table) Backends() []Backend { return append([]Backend(nil), t.backends...) }
+
+// IndexOf returns the index of the backend with address addr (compared
+// unmapped and without zone), for building a [Set].
+func (t *Table) IndexOf(addr netip.AddrPort) (int, bool) {
+	a := normAddr(addr)
+	lo, hi := 0, len(t.backends)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if normAddr(t.backends[mid].Addr).Compare(a) < 0 {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	if lo < len(t.backends) && normAddr(t.backends[lo].Addr) == a {
+		return lo, true
+	}
+	return -1, false
+}
+
+// All returns a new [Set] holding every backend of the table.
+func (t *Table) All() *Set {
+	s := NewSet(len(t.backends))
+	for i := range t.backends {
+		s.Add(i)
+	}
+	return s
+}
+
+// Lookup returns the backend for key, treating every backend as usable. It
+// fails only on the zero Table. It allocates nothing; it is O(1) for Maglev
+// and O(N) for HRW.
+func (t *Table) Lookup(key uint64) (Backend, bool) {
+	i := t.Pick(key, nil)
+	if i < 0 {
+		return Backend{}, false
+	}
+	return t.backends[i], true
+}
+
+// LookupAvailable returns the backend for key among the backends in usable
+// (indices into this table; nil means all). It fails when usable holds none of
+// the table's backends. For Maglev the cost is at most [MaxProbes] slot reads
+// plus, when none of those slots is usable, one O(N) rendezvous scoring of the
+// usable backends; for HRW it is O(N). It allocates nothing.
+//
+// The result is a pure function of (table, key, usable): a key whose Maglev
+// slot (or HRW winner) is usable gets that backend, and changing usable moves
+// only keys whose answer involved a backend that changed state.
+func (t *Table) LookupAvailable(key uint64, usable *Set) (Backend, bool) {
+	i := t.Pick(key, usable)
+	if i < 0 {
+		return Backend{}, false
+	}
+	return t.backends[i], true
+}
+
+// Pick is LookupAvailable returning the backend's index, or -1 when none is
+// usable.
+func (t *Table) Pick(key uint64, usable *Set) int {
+	if t.slots != nil && usable == nil { // inlined: the O(1) Maglev lookup
+		return int(t.slots[t.slot(key)])
+	}
+	return t.pick(key, usable)
+}
+
+func (t *Table) pick(key uint64, usable *Set) int {
+	if t.slots != nil {
+		return t.maglevPick(key, usable)
+	}
+	return t.hrwPick(key, usable)
+}

@@ -1,0 +1,839 @@
+// Package shard is fastudp's I/O shell: one event loop per shard that reads
+// client datagrams in recvmmsg batches from its SO_REUSEPORT listener sockets,
+// drives a core.Manager with them, opens one connected upstream socket per
+// flow, and writes replies back in sendmmsg batches from the address the
+// client sent to (symmetric NAT).
+//
+// A shard runs on one goroutine locked to its OS thread, waits in its own
+// epoll instance with the core's next deadline as the timeout, and is woken
+// for control messages by an eventfd. Nothing on the per-datagram path takes
+// a lock, sends on a channel or allocates.
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fastudp/fastudp/batchio"
+	"github.com/fastudp/fastudp/core"
+)
+
+// Picker chooses a backend of cluster for the affinity key of a new flow. It
+// is called on the shard goroutine for every new flow, so it must not block
+// or allocate; it may read tables shared with other shards.
+type Picker interface {
+	Pick(cluster core.ClusterID, key uint64) (core.Backend, bool)
+}
+
+// Listener is one listening address and the cluster config its new flows get.
+type Listener struct {
+	Name    string
+	Addr    netip.AddrPort
+	Cluster core.ClusterConfig
+}
+
+// Options configures a [Shard].
+type Options struct {
+	// Index numbers the shard, for logs and metrics.
+	Index int
+	// Listeners are served by this shard, in ListenerID order; ListenerFDs
+	// are their bound SO_REUSEPORT sockets (the shard owns and closes them).
+	Listeners   []Listener
+	ListenerFDs []int
+	// Backends is the total number of backends (BackendIDs are 0..Backends-1),
+	// for per-backend counters.
+	Backends int
+	// Core configures the shard's flow engine. Its Pool is replaced by the
+	// shard's own.
+	Core core.Config
+	// BatchSize is the number of datagrams per recvmmsg/sendmmsg (default 64).
+	BatchSize int
+	// UpstreamSources are local addresses upstream sockets bind to, used in
+	// turn, to go past one address's ephemeral ports; empty lets the kernel
+	// choose.
+	UpstreamSources []netip.Addr
+	// SocketRecvBuffer and SocketSendBuffer size upstream sockets (0 = default).
+	SocketRecvBuffer, SocketSendBuffer int
+	// CPU pins the shard's thread to this CPU; -1 leaves it unpinned.
+	CPU int
+	// Picker chooses backends.
+	Picker Picker
+	// Logger receives operational logs; AccessLog, if set, one line per
+	// closed flow.
+	Logger    *slog.Logger
+	AccessLog *slog.Logger
+}
+
+// Queue bounds for datagrams that met a full socket buffer (EAGAIN).
+const (
+	upstreamQueueLimit = 64
+	clientQueueLimit   = 256
+	// listenerReadBudget bounds the recvmmsg batches read from one listener
+	// per wake-up, so a flood on one socket cannot starve replies.
+	listenerReadBudget = 8
+)
+
+// epoll tokens: the kind in EpollEvent.Fd, the index in EpollEvent.Pad.
+const (
+	tokenWake int32 = iota
+	tokenListener
+	tokenUpstream
+)
+
+// queued is a datagram copied into a pool buffer to wait for a writable socket.
+type queued struct {
+	buf   []byte
+	hdr   int // bytes of buf that are a PROXY v2 header (sent as one datagram anyway)
+	to    netip.AddrPort
+	local netip.Addr
+	seg   int
+	tos   uint8
+}
+
+type listenerSock struct {
+	fd       int
+	out      []batchio.Message // replies collected for one sendmmsg
+	queue    []queued
+	writable bool // EPOLLOUT registered
+}
+
+type upstream struct {
+	fd       int
+	flow     core.FlowID // zero when the slot is unused
+	backend  core.BackendID
+	listener core.ListenerID
+	queue    []queued
+	writable bool
+}
+
+// Control is a message from the control plane, applied between batches.
+type Control struct {
+	// Config is delivered to the core.
+	Config *core.ConfigEvent
+	// Stop starts a graceful stop: no new flows, live flows get Grace to
+	// finish, then everything closes and Run returns.
+	Stop  bool
+	Grace time.Duration
+}
+
+// Shard is one event loop. Create it with [New], run it with [Shard.Run] on
+// its own goroutine, talk to it with [Shard.Send].
+type Shard struct {
+	opts     Options
+	log      *slog.Logger
+	mgr      *core.Manager
+	pool     *core.SlicePool
+	counters *Counters
+
+	epfd   int
+	wakefd int
+	ctrl   chan Control
+	done   chan struct{} // closed when Run returns
+	// wakeMu guards wakefd against being closed (and its number reused)
+	// while Send writes to it. Only the control path takes it.
+	wakeMu sync.Mutex
+
+	listeners []listenerSock
+	ups       []upstream
+	nextSrc   int
+
+	rx       *batchio.Batch // listener and upstream reads
+	tx       *batchio.Batch // sends
+	rxMsgs   []batchio.Message
+	upMsgs   []batchio.Message
+	upFill   int
+	events   []unix.EpollEvent
+	inputs   []core.Input
+	follow   []core.Input
+	outputs  []core.Output
+	oneMsg   []batchio.Message
+	start    time.Time
+	deadline core.Time
+	stopAt   core.Time
+	stopping bool
+	closed   bool
+	warned   map[string]bool // anomalies already logged once
+}
+
+// New creates a shard over already bound listener sockets.
+func New(opts Options) (*Shard, error) {
+	if len(opts.Listeners) != len(opts.ListenerFDs) {
+		return nil, fmt.Errorf("shard %d: %d listeners but %d sockets", opts.Index, len(opts.Listeners), len(opts.ListenerFDs))
+	}
+	if opts.Picker == nil {
+		return nil, fmt.Errorf("shard %d: no backend picker", opts.Index)
+	}
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = batchio.DefaultBatchSize
+	}
+	opts.BatchSize = min(opts.BatchSize, batchio.MaxBatchSize)
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	pool := core.NewSlicePool(4 * opts.BatchSize)
+	cc := opts.Core
+	cc.Pool = pool
+	mgr, err := core.NewManager(cc)
+	if err != nil {
+		return nil, fmt.Errorf("shard %d: %w", opts.Index, err)
+	}
+	s := &Shard{
+		opts:     opts,
+		log:      opts.Logger.With("shard", opts.Index),
+		mgr:      mgr,
+		pool:     pool,
+		counters: newCounters(len(opts.Listeners), opts.Backends),
+		ctrl:     make(chan Control, 64),
+		rx:       batchio.NewBatch(opts.BatchSize),
+		tx:       batchio.NewBatch(opts.BatchSize),
+		events:   make([]unix.EpollEvent, 256),
+		deadline: core.Never,
+		warned:   map[string]bool{},
+		oneMsg:   make([]batchio.Message, 1),
+		done:     make(chan struct{}),
+		epfd:     -1,
+		wakefd:   -1,
+	}
+	bufSize := mgr.MaxRxDatagramSize() + 1 // one spare byte turns an oversize datagram into a counted drop
+	s.rxMsgs = newMessages(opts.BatchSize, bufSize)
+	s.upMsgs = newMessages(opts.BatchSize, bufSize)
+	s.inputs = make([]core.Input, 0, opts.BatchSize)
+	s.follow = make([]core.Input, 0, opts.BatchSize)
+	s.outputs = make([]core.Output, 0, 4*opts.BatchSize)
+	if err := s.openPoll(); err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("shard %d: %w", opts.Index, err)
+	}
+	return s, nil
+}
+
+func newMessages(n, size int) []batchio.Message {
+	slab := make([]byte, n*size)
+	msgs := make([]batchio.Message, n)
+	for i := range msgs {
+		msgs[i].Buf = slab[i*size : (i+1)*size : (i+1)*size]
+	}
+	return msgs
+}
+
+func (s *Shard) openPoll() error {
+	var err error
+	if s.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return fmt.Errorf("epoll_create1: %w", err)
+	}
+	if s.wakefd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		s.wakefd = -1
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	if err := s.watch(s.wakefd, unix.EPOLLIN, tokenWake, 0, unix.EPOLL_CTL_ADD); err != nil {
+		return err
+	}
+	s.listeners = make([]listenerSock, len(s.opts.ListenerFDs))
+	for i, fd := range s.opts.ListenerFDs {
+		s.listeners[i] = listenerSock{fd: fd, out: make([]batchio.Message, 0, s.opts.BatchSize)}
+		if err := s.watch(fd, unix.EPOLLIN, tokenListener, int32(i), unix.EPOLL_CTL_ADD); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Shard) watch(fd int, events uint32, kind, idx int32, op int) error {
+	ev := unix.EpollEvent{Events: events, Fd: kind, Pad: idx}
+	if err := unix.EpollCtl(s.epfd, op, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl fd %d: %w", fd, err)
+	}
+	return nil
+}
+
+// Counters returns the shard's published counters.
+func (s *Shard) Counters() *Counters { return s.counters }
+
+// Send delivers a control message and wakes the shard. It blocks only while
+// 64 messages are already waiting.
+// After Run has returned it does nothing.
+func (s *Shard) Send(c Control) {
+	select {
+	case s.ctrl <- c:
+	case <-s.done:
+		return
+	}
+	var one = [8]byte{1}
+	s.wakeMu.Lock()
+	if s.wakefd >= 0 {
+		_, _ = unix.Write(s.wakefd, one[:]) // EAGAIN means the counter is already non-zero: the shard will wake
+	}
+	s.wakeMu.Unlock()
+}
+
+// Done is closed when Run has returned.
+func (s *Shard) Done() <-chan struct{} { return s.done }
+
+func (s *Shard) now() core.Time { return core.Time(time.Since(s.start)) }
+
+// Run runs the event loop until a Stop control message has finished, or ctx
+// is cancelled (which stops at once, closing every flow). It closes every
+// socket before returning.
+func (s *Shard) Run(ctx context.Context) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer close(s.done)
+	defer s.closeAll()
+	if s.opts.CPU >= 0 {
+		var set unix.CPUSet
+		set.Set(s.opts.CPU)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			s.log.Warn("cannot pin shard to CPU", "cpu", s.opts.CPU, "err", err)
+		}
+	}
+	s.start = time.Now()
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { s.Send(Control{Stop: true}) })
+		defer stop()
+	}
+	for i, l := range s.opts.Listeners {
+		s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigSetCluster, Listener: core.ListenerID(i), Cluster: l.Cluster}))
+	}
+	s.process(s.now())
+	for {
+		now := s.now()
+		n, err := unix.EpollWait(s.epfd, s.events, s.waitMillis(now))
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("shard %d: epoll_wait: %w", s.opts.Index, err)
+		}
+		now = s.now()
+		s.counters.addShard(ShardLoops, 1)
+		for i := 0; i < n; i++ {
+			ev := &s.events[i]
+			switch ev.Fd {
+			case tokenWake:
+				s.drainControl(now)
+			case tokenListener:
+				if ev.Events&unix.EPOLLOUT != 0 {
+					s.flushClientQueue(int(ev.Pad))
+				}
+				if ev.Events&(unix.EPOLLIN|unix.EPOLLERR) != 0 {
+					s.readListener(int(ev.Pad), now)
+				}
+			case tokenUpstream:
+				if ev.Events&unix.EPOLLOUT != 0 {
+					s.flushUpstreamQueue(int(ev.Pad))
+				}
+				if ev.Events&(unix.EPOLLIN|unix.EPOLLERR) != 0 {
+					s.readUpstream(int(ev.Pad), now)
+				}
+			}
+		}
+		s.flushUpstreamInputs(now)
+		if now >= s.deadline {
+			s.inputs = append(s.inputs, core.TimerFired())
+			s.process(now)
+		}
+		if s.stopping && (s.mgr.FlowCount() == 0 || now >= s.stopAt) {
+			s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigCloseAll}))
+			s.process(now)
+			s.counters.publish()
+			return nil
+		}
+		s.counters.publish()
+	}
+}
+
+// waitMillis converts the next deadline into an epoll timeout, rounding up
+// so the loop never wakes just before it.
+func (s *Shard) waitMillis(now core.Time) int {
+	d := s.deadline
+	if s.stopping {
+		d = min(d, s.stopAt)
+	}
+	switch {
+	case d == core.Never:
+		return -1
+	case d <= now:
+		return 0
+	}
+	ms := (int64(d-now) + int64(time.Millisecond) - 1) / int64(time.Millisecond)
+	return int(min(ms, 1<<30))
+}
+
+func (s *Shard) drainControl(now core.Time) {
+	var buf [8]byte
+	_, _ = unix.Read(s.wakefd, buf[:]) // resets the eventfd counter; EAGAIN if already read
+	for {
+		select {
+		case c := <-s.ctrl:
+			s.counters.addShard(ShardControl, 1)
+			if c.Config != nil {
+				s.inputs = append(s.inputs, core.ConfigInput(*c.Config))
+			}
+			if c.Stop && !s.stopping {
+				s.stopping = true
+				s.stopAt = now.Add(c.Grace)
+				s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigDrain}))
+			}
+		default:
+			s.process(now)
+			return
+		}
+	}
+}
+
+// readListener reads client datagrams in batches and runs each batch through
+// the core.
+func (s *Shard) readListener(li int, now core.Time) {
+	l := &s.listeners[li]
+	lid := core.ListenerID(li)
+	for range listenerReadBudget {
+		n, err := s.rx.Recv(l.fd, s.rxMsgs)
+		if n > 0 {
+			s.counters.addShard(ShardBatches, 1)
+			s.counters.addShard(ShardBatchDatagrams, uint64(n))
+		}
+		for i := 0; i < n; i++ {
+			m := &s.rxMsgs[i]
+			segs := segments(m.N, m.SegmentSize)
+			s.counters.addShard(ShardRxDatagrams, uint64(segs))
+			s.counters.addListener(lid, ListenerRxDatagrams, uint64(segs))
+			s.counters.addListener(lid, ListenerRxBytes, uint64(m.N))
+			if m.Flags&batchio.FlagControlTruncated != 0 || (m.Flags&batchio.FlagTruncated != 0 && m.SegmentSize > 0) {
+				// Lost control data, or a GRO run cut short: never forward.
+				s.counters.addListener(lid, ListenerTruncated, 1)
+				continue
+			}
+			// A datagram longer than the buffer (MSG_TRUNC) fills it: one byte
+			// more than max_rx, so the core drops it as oversize.
+			in := core.ClientDatagram(lid, m.Addr, netip.AddrPortFrom(m.Local, s.opts.Listeners[li].Addr.Port()), m.Buf[:m.N])
+			in.TOS = m.TOS
+			in.SegmentSize = m.SegmentSize
+			s.inputs = append(s.inputs, in)
+		}
+		if drops, ok := s.rx.Drops(); ok {
+			s.counters.setListener(lid, ListenerKernelDrops, uint64(drops))
+		}
+		s.process(now)
+		if err != nil {
+			if k := batchio.Classify(err); k != batchio.KindWouldBlock {
+				s.warnOnce("listener-recv", "listener receive failed", "listener", s.opts.Listeners[li].Name, "err", err)
+			}
+			return
+		}
+		if n < len(s.rxMsgs) {
+			return
+		}
+	}
+}
+
+// readUpstream reads replies from one flow's socket into the shared upstream
+// batch; replies from many flows are processed together, so their sends to
+// clients share sendmmsg calls.
+func (s *Shard) readUpstream(idx int, now core.Time) {
+	if idx >= len(s.ups) || s.ups[idx].flow == 0 {
+		return
+	}
+	for {
+		if s.upFill == len(s.upMsgs) {
+			s.flushUpstreamInputs(now)
+		}
+		u := &s.ups[idx]
+		if u.flow == 0 { // closed while processing the previous batch
+			return
+		}
+		n, err := s.rx.Recv(u.fd, s.upMsgs[s.upFill:])
+		for i := 0; i < n; i++ {
+			m := &s.upMsgs[s.upFill+i]
+			if m.Flags&batchio.FlagControlTruncated != 0 {
+				s.counters.addListener(u.listener, ListenerTruncated, 1)
+				continue
+			}
+			in := core.BackendDatagram(u.flow, m.Buf[:m.N])
+			in.TOS = m.TOS
+			in.SegmentSize = m.SegmentSize
+			s.inputs = append(s.inputs, in)
+		}
+		s.upFill += n
+		if err != nil {
+			switch batchio.Classify(err) {
+			case batchio.KindWouldBlock:
+			case batchio.KindRefused:
+				s.counters.addBackend(u.backend, BackendRefused, 1)
+			default:
+				s.warnOnce("upstream-recv", "upstream receive failed", "err", err)
+			}
+			return
+		}
+		if s.upFill < len(s.upMsgs) {
+			return
+		}
+	}
+}
+
+func (s *Shard) flushUpstreamInputs(now core.Time) {
+	if s.upFill > 0 || len(s.inputs) > 0 {
+		s.process(now)
+	}
+	s.upFill = 0
+}
+
+// process runs the pending inputs through the core and carries out the
+// outputs, feeding follow-up inputs (backend resolutions, aborts) back until
+// none remain. Every send completes (or is copied into a queue) before the
+// next Handle call, which is what lets outputs borrow buffers.
+func (s *Shard) process(now core.Time) {
+	for len(s.inputs) > 0 {
+		s.outputs = s.mgr.Handle(now, s.inputs, s.outputs[:0])
+		s.inputs = s.inputs[:0]
+		s.follow = s.follow[:0]
+		for i := range s.outputs {
+			s.apply(&s.outputs[i])
+		}
+		for i := range s.listeners {
+			s.flushClientSends(i)
+		}
+		clear(s.outputs) // drop references to buffers the core will recycle
+		s.inputs, s.follow = s.follow, s.inputs
+	}
+}
+
+func (s *Shard) apply(o *core.Output) {
+	switch o.Kind {
+	case core.OutSelectBackend:
+		if b, ok := s.opts.Picker.Pick(o.Cluster, o.Key); ok {
+			s.follow = append(s.follow, core.Resolved(o.Flow, b))
+		} else {
+			s.follow = append(s.follow, core.ResolveFailed(o.Flow))
+		}
+	case core.OutOpenUpstream:
+		s.openUpstream(o)
+	case core.OutSendToBackend:
+		s.sendUpstream(o)
+	case core.OutSendToClient:
+		s.queueClientSend(o)
+	case core.OutArmTimer:
+		s.deadline = o.Deadline
+	case core.OutMetric:
+		if o.Metric == core.MetricFlowCreated {
+			s.counters.addListener(o.Listener, ListenerFlowsCreated, 1)
+		}
+	case core.OutCloseFlow:
+		s.closeFlow(o)
+	case core.OutDrop:
+		s.counters.addListener(o.Listener, ListenerDropBase+int(o.DropReason), uint64(o.Datagrams))
+	}
+}
+
+func (s *Shard) openUpstream(o *core.Output) {
+	idx := int(o.Flow.Index())
+	for idx >= len(s.ups) {
+		s.ups = append(s.ups, upstream{fd: -1})
+	}
+	opts := batchio.DialOptions{RecvBuffer: s.opts.SocketRecvBuffer, SendBuffer: s.opts.SocketSendBuffer}
+	fd, err := s.dial(o.Backend.Addr, opts)
+	if err == nil {
+		if err = s.watch(fd, unix.EPOLLIN, tokenUpstream, int32(idx), unix.EPOLL_CTL_ADD); err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		s.counters.addBackend(o.Backend.ID, BackendOpenFailures, 1)
+		s.warnOnce("dial", "cannot open upstream socket; shedding new flows", "backend", o.Backend.Addr, "err", err)
+		s.follow = append(s.follow, core.AbortFlow(o.Flow))
+		return
+	}
+	s.counters.addBackend(o.Backend.ID, BackendSocketsOpened, 1)
+	s.ups[idx] = upstream{fd: fd, flow: o.Flow, backend: o.Backend.ID, listener: o.Listener, queue: s.ups[idx].queue[:0]}
+}
+
+// dial opens a connected upstream socket, trying each configured source
+// address once (ephemeral ports of one address run out near 28k flows).
+func (s *Shard) dial(backend netip.AddrPort, opts batchio.DialOptions) (int, error) {
+	srcs := s.opts.UpstreamSources
+	if len(srcs) == 0 {
+		return batchio.DialUpstream(netip.AddrPort{}, backend, opts)
+	}
+	var err error
+	for range srcs {
+		src := srcs[s.nextSrc%len(srcs)]
+		s.nextSrc++
+		if src.Unmap().Is4() != backend.Addr().Unmap().Is4() {
+			continue
+		}
+		var fd int
+		if fd, err = batchio.DialUpstream(netip.AddrPortFrom(src, 0), backend, opts); err == nil {
+			return fd, nil
+		}
+	}
+	if err == nil {
+		err = fmt.Errorf("no upstream source address of the family of %v", backend)
+	}
+	return -1, err
+}
+
+func (s *Shard) upstreamOf(id core.FlowID) *upstream {
+	idx := int(id.Index())
+	if idx < len(s.ups) && s.ups[idx].flow == id {
+		return &s.ups[idx]
+	}
+	return nil
+}
+
+func (s *Shard) sendUpstream(o *core.Output) {
+	u := s.upstreamOf(o.Flow)
+	if u == nil {
+		return // the flow's socket failed to open; the core is told by AbortFlow
+	}
+	segs := uint64(o.Segments())
+	s.counters.addBackend(u.backend, BackendDatagramsIn, segs)
+	s.counters.addBackend(u.backend, BackendBytesIn, uint64(len(o.Payload)))
+	if len(u.queue) > 0 {
+		s.enqueueUpstream(u, o)
+		return
+	}
+	s.oneMsg[0] = batchio.Message{Buf: o.Payload, Header: o.Header, SegmentSize: o.SegmentSize, TOS: o.TOS}
+	_, err := s.tx.Send(u.fd, s.oneMsg)
+	s.oneMsg[0] = batchio.Message{}
+	if err == nil {
+		return
+	}
+	switch batchio.Classify(err) {
+	case batchio.KindWouldBlock:
+		s.enqueueUpstream(u, o)
+	case batchio.KindRefused:
+		s.counters.addBackend(u.backend, BackendRefused, segs)
+	default:
+		s.counters.addBackend(u.backend, BackendSendErrors, segs)
+	}
+}
+
+func (s *Shard) enqueueUpstream(u *upstream, o *core.Output) {
+	if len(u.queue) >= upstreamQueueLimit {
+		s.counters.addBackend(u.backend, BackendQueueFull, uint64(o.Segments()))
+		return
+	}
+	q, ok := s.copyQueued(o.Header, o.Payload)
+	if !ok {
+		s.counters.addBackend(u.backend, BackendQueueFull, uint64(o.Segments()))
+		return
+	}
+	q.seg, q.tos = o.SegmentSize, o.TOS
+	u.queue = append(u.queue, q)
+	if !u.writable {
+		u.writable = true
+		_ = s.watch(u.fd, unix.EPOLLIN|unix.EPOLLOUT, tokenUpstream, int32(o.Flow.Index()), unix.EPOLL_CTL_MOD)
+	}
+}
+
+func (s *Shard) copyQueued(hdr, payload []byte) (queued, bool) {
+	buf := s.pool.Get(len(hdr) + len(payload))
+	if cap(buf) < len(hdr)+len(payload) {
+		return queued{}, false
+	}
+	buf = append(append(buf[:0], hdr...), payload...)
+	return queued{buf: buf, hdr: len(hdr)}, true
+}
+
+func (s *Shard) flushUpstreamQueue(idx int) {
+	if idx >= len(s.ups) || s.ups[idx].flow == 0 {
+		return
+	}
+	u := &s.ups[idx]
+	for len(u.queue) > 0 {
+		q := &u.queue[0]
+		s.oneMsg[0] = batchio.Message{Buf: q.buf, SegmentSize: q.seg, TOS: q.tos}
+		_, err := s.tx.Send(u.fd, s.oneMsg)
+		s.oneMsg[0] = batchio.Message{}
+		if err != nil {
+			switch batchio.Classify(err) {
+			case batchio.KindWouldBlock:
+				return
+			case batchio.KindRefused:
+				s.counters.addBackend(u.backend, BackendRefused, uint64(segments(len(q.buf), q.seg)))
+			default:
+				s.counters.addBackend(u.backend, BackendSendErrors, uint64(segments(len(q.buf), q.seg)))
+			}
+		}
+		s.pool.Put(q.buf)
+		u.queue[0] = queued{}
+		u.queue = u.queue[1:]
+	}
+	u.queue = u.queue[:0:0]
+	u.writable = false
+	_ = s.watch(u.fd, unix.EPOLLIN, tokenUpstream, int32(idx), unix.EPOLL_CTL_MOD)
+}
+
+func (s *Shard) queueClientSend(o *core.Output) {
+	li := int(o.Listener)
+	if li >= len(s.listeners) {
+		return
+	}
+	l := &s.listeners[li]
+	segs := uint64(o.Segments())
+	s.counters.addListener(o.Listener, ListenerTxDatagrams, segs)
+	s.counters.addListener(o.Listener, ListenerTxBytes, uint64(len(o.Payload)))
+	s.counters.addBackend(o.Backend.ID, BackendDatagramsOut, segs)
+	s.counters.addBackend(o.Backend.ID, BackendBytesOut, uint64(len(o.Payload)))
+	m := batchio.Message{Buf: o.Payload, Addr: o.Client, Local: o.Local.Addr(), SegmentSize: o.SegmentSize, TOS: o.TOS}
+	if len(l.queue) > 0 {
+		s.enqueueClient(li, &m)
+		return
+	}
+	l.out = append(l.out, m)
+	if len(l.out) == cap(l.out) {
+		s.flushClientSends(li)
+	}
+}
+
+// flushClientSends writes the collected replies of listener li with as few
+// sendmmsg calls as the kernel allows; on EAGAIN the rest wait in the
+// listener's queue.
+func (s *Shard) flushClientSends(li int) {
+	l := &s.listeners[li]
+	msgs := l.out
+	for len(msgs) > 0 {
+		n, err := s.tx.Send(l.fd, msgs)
+		msgs = msgs[n:]
+		if err == nil {
+			if n == 0 {
+				break
+			}
+			continue
+		}
+		if batchio.Classify(err) == batchio.KindWouldBlock {
+			for i := range msgs {
+				s.enqueueClient(li, &msgs[i])
+			}
+			break
+		}
+		s.counters.addListener(core.ListenerID(li), ListenerSendErrors, uint64(segments(len(msgs[0].Buf), msgs[0].SegmentSize)))
+		msgs = msgs[1:]
+	}
+	clear(l.out)
+	l.out = l.out[:0]
+}
+
+func (s *Shard) enqueueClient(li int, m *batchio.Message) {
+	l := &s.listeners[li]
+	if len(l.queue) >= clientQueueLimit {
+		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(len(m.Buf), m.SegmentSize)))
+		return
+	}
+	q, ok := s.copyQueued(nil, m.Buf)
+	if !ok {
+		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(len(m.Buf), m.SegmentSize)))
+		return
+	}
+	q.to, q.local, q.seg, q.tos = m.Addr, m.Local, m.SegmentSize, m.TOS
+	l.queue = append(l.queue, q)
+	if !l.writable {
+		l.writable = true
+		_ = s.watch(l.fd, unix.EPOLLIN|unix.EPOLLOUT, tokenListener, int32(li), unix.EPOLL_CTL_MOD)
+	}
+}
+
+func (s *Shard) flushClientQueue(li int) {
+	l := &s.listeners[li]
+	for len(l.queue) > 0 {
+		q := &l.queue[0]
+		s.oneMsg[0] = batchio.Message{Buf: q.buf, Addr: q.to, Local: q.local, SegmentSize: q.seg, TOS: q.tos}
+		_, err := s.tx.Send(l.fd, s.oneMsg)
+		s.oneMsg[0] = batchio.Message{}
+		if err != nil {
+			if batchio.Classify(err) == batchio.KindWouldBlock {
+				return
+			}
+			s.counters.addListener(core.ListenerID(li), ListenerSendErrors, uint64(segments(len(q.buf), q.seg)))
+		}
+		s.pool.Put(q.buf)
+		l.queue[0] = queued{}
+		l.queue = l.queue[1:]
+	}
+	l.queue = l.queue[:0:0]
+	l.writable = false
+	_ = s.watch(l.fd, unix.EPOLLIN, tokenListener, int32(li), unix.EPOLL_CTL_MOD)
+}
+
+func (s *Shard) closeFlow(o *core.Output) {
+	s.counters.addListener(o.Listener, ListenerFlowsEvicted, 1)
+	if u := s.upstreamOf(o.Flow); u != nil {
+		// Queued datagrams are still sent: the last request of a flow may
+		// be waiting for buffer space when its flow closes.
+		if len(u.queue) > 0 {
+			s.flushUpstreamQueue(int(o.Flow.Index()))
+		}
+		for _, q := range u.queue {
+			s.pool.Put(q.buf)
+		}
+		if n := len(u.queue); n > 0 {
+			s.counters.addBackend(u.backend, BackendQueueFull, uint64(n))
+		}
+		unix.Close(u.fd) // also removes it from the epoll set
+		s.counters.addBackend(u.backend, BackendSocketsClosed, 1)
+		*u = upstream{fd: -1, queue: u.queue[:0:0]}
+	}
+	if s.opts.AccessLog != nil {
+		st := &o.Stats
+		s.opts.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "flow closed",
+			slog.Int("shard", s.opts.Index),
+			slog.String("listener", s.opts.Listeners[min(int(o.Listener), len(s.opts.Listeners)-1)].Name),
+			slog.String("client", o.Client.String()),
+			slog.Uint64("backend", uint64(o.Backend.ID)),
+			slog.Uint64("datagrams_in", st.DatagramsIn),
+			slog.Uint64("datagrams_out", st.DatagramsOut),
+			slog.Uint64("bytes_in", st.BytesIn),
+			slog.Uint64("bytes_out", st.BytesOut),
+			slog.Duration("duration", time.Duration(st.Closed-st.Created)),
+			slog.String("reason", o.CloseReason.String()))
+	}
+}
+
+func (s *Shard) warnOnce(key, msg string, args ...any) {
+	if s.warned[key] {
+		return
+	}
+	s.warned[key] = true
+	s.log.Warn(msg+" (further occurrences are only counted)", args...)
+}
+
+// closeAll closes every socket the shard owns. Safe to call more than once.
+func (s *Shard) closeAll() {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	for i := range s.ups {
+		if s.ups[i].flow != 0 {
+			unix.Close(s.ups[i].fd)
+			s.ups[i] = upstream{fd: -1}
+		}
+	}
+	for _, fd := range s.opts.ListenerFDs {
+		unix.Close(fd)
+	}
+	s.wakeMu.Lock()
+	if s.wakefd >= 0 {
+		unix.Close(s.wakefd)
+		s.wakefd = -1
+	}
+	s.wakeMu.Unlock()
+	if s.epfd >= 0 {
+		unix.Close(s.epfd)
+	}
+}
+
+// FlowCount returns the shard's live flows. Only safe from the shard's own
+// goroutine or after Run returned.
+func (s *Shard) FlowCount() int { return s.mgr.FlowCount() }
+
+func segments(n, seg int) int {
+	if seg <= 0 || seg >= n {
+		return 1
+	}
+	return (n + seg - 1) / seg
+}

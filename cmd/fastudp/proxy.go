@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fastudp/fastudp/balance"
+	"github.com/fastudp/fastudp/batchio"
+	"github.com/fastudp/fastudp/batchio/shard"
+	"github.com/fastudp/fastudp/config"
+	"github.com/fastudp/fastudp/core"
+)
+
+// proxy is a running fastudp: its shards, the backend picker and the metrics
+// endpoint.
+type proxy struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	group    *shard.Group
+	picker   *clusterPicker
+	registry *prometheus.Registry
+	metrics  *http.Server
+	metricsL net.Listener
+	access   io.Closer
+}
+
+// startProxy binds every listener on every shard and starts them. The config
+// must have passed Validate.
+func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*proxy, error) {
+	p := &proxy{cfg: cfg, log: log}
+	picker, err := newClusterPicker(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.picker = picker
+	var accessLog *slog.Logger
+	if cfg.AccessLog != "" {
+		w, closer, err := openAccessLog(cfg.AccessLog)
+		if err != nil {
+			return nil, err
+		}
+		p.access = closer
+		accessLog = slog.New(slog.NewJSONHandler(w, nil))
+	}
+	shards := cfg.ShardCount()
+	listeners := make([]shard.Listener, len(cfg.Listeners))
+	for i, l := range cfg.Listeners {
+		cc, _ := cfg.ListenerCoreConfig(i)
+		listeners[i] = shard.Listener{Name: l.Name, Addr: l.Address, Cluster: cc}
+	}
+	g, err := shard.NewGroup(shard.GroupOptions{
+		Shards:           shards,
+		Listeners:        listeners,
+		Listen:           batchio.ListenOptions{RecvBuffer: cfg.SocketReceiveBuffer, SendBuffer: cfg.SocketSendBuffer},
+		Backends:         picker.backends,
+		Core:             cfg.CoreConfig(shards),
+		BatchSize:        cfg.BatchSize,
+		UpstreamSources:  cfg.UpstreamSources,
+		SocketRecvBuffer: cfg.SocketReceiveBuffer,
+		SocketSendBuffer: cfg.SocketSendBuffer,
+		Picker:           picker,
+		Logger:           log,
+		AccessLog:        accessLog,
+		PinCPUs:          cfg.CPUPinning,
+	})
+	if err != nil {
+		p.closeAccess()
+		return nil, err
+	}
+	p.group = g
+	p.registry = prometheus.NewRegistry()
+	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p.registry.MustRegister(shard.NewCollector(g.Shards(), picker.listenerLabels(cfg), picker.backendLabels))
+	if cfg.Metrics != "" {
+		ln, err := net.Listen("tcp", cfg.Metrics)
+		if err != nil {
+			p.closeAccess()
+			return nil, fmt.Errorf("metrics listener %s: %w", cfg.Metrics, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{}))
+		p.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		p.metricsL = ln
+		go func() {
+			if err := p.metrics.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+	}
+	g.Start(ctx)
+	for i, a := range g.Addrs() {
+		log.Info("listening", "listener", cfg.Listeners[i].Name, "address", a, "cluster", cfg.Listeners[i].Cluster, "shards", shards)
+	}
+	if p.metricsL != nil {
+		log.Info("metrics", "address", "http://"+p.metricsL.Addr().String()+"/metrics")
+	}
+	return p, nil
+}
+
+// addrs returns the bound listener addresses.
+func (p *proxy) addrs() []netip.AddrPort { return p.group.Addrs() }
+
+// stop drains the shards within grace, waits for them and closes the rest.
+func (p *proxy) stop(grace time.Duration) error {
+	p.group.Stop(grace)
+	err := p.group.Wait()
+	if p.metrics != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = p.metrics.Shutdown(ctx)
+		cancel()
+	}
+	p.closeAccess()
+	return err
+}
+
+func (p *proxy) closeAccess() {
+	if p.access != nil {
+		_ = p.access.Close()
+	}
+}
+
+func openAccessLog(dst string) (io.Writer, io.Closer, error) {
+	switch dst {
+	case "stderr":
+		return os.Stderr, nil, nil
+	case "stdout":
+		return os.Stdout, nil, nil
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, nil, fmt.Errorf("access log: %w", err)
+	}
+	return f, f, nil
+}
+
+// clusterPicker chooses backends from one immutable balance table per
+// cluster. Tables are shared read-only by every shard.
+type clusterPicker struct {
+	tables        []*balance.Table // by core.ClusterID (index in cfg.Clusters)
+	backends      int
+	backendLabels []shard.BackendLabels
+}
+
+var _ shard.Picker = (*clusterPicker)(nil)
+
+func newClusterPicker(cfg *config.Config) (*clusterPicker, error) {
+	p := &clusterPicker{tables: make([]*balance.Table, len(cfg.Clusters))}
+	for ci, cl := range cfg.Clusters {
+		bs := make([]balance.Backend, len(cl.Backends))
+		for bi, b := range cl.Backends {
+			bs[bi] = balance.Backend{ID: core.BackendID(p.backends), Addr: b.Address, Weight: uint32(b.Weight)}
+			p.backends++
+			p.backendLabels = append(p.backendLabels, shard.BackendLabels{Cluster: cl.Name, Backend: b.Label()})
+		}
+		if len(bs) == 0 {
+			continue
+		}
+		alg := balance.Maglev
+		if cl.LB == config.LBHRW {
+			alg = balance.HRW
+		}
+		t, err := balance.New(alg, cfg.Seed, bs, 0)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", cl.Name, err)
+		}
+		p.tables[ci] = t
+	}
+	return p, nil
+}
+
+// Pick implements shard.Picker.
+func (p *clusterPicker) Pick(cluster core.ClusterID, key uint64) (core.Backend, bool) {
+	if int(cluster) >= len(p.tables) || p.tables[cluster] == nil {
+		return core.Backend{}, false
+	}
+	b, ok := p.tables[cluster].Lookup(key)
+	return core.Backend{ID: b.ID, Addr: b.Addr}, ok
+}
+
+func (p *clusterPicker) listenerLabels(cfg *config.Config) []shard.ListenerLabels {
+	ls := make([]shard.ListenerLabels, len(cfg.Listeners))
+	for i, l := range cfg.Listeners {
+		ls[i] = shard.ListenerLabels{Listener: l.Name, Cluster: l.Cluster}
+	}
+	return ls
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/fastudp/fastudp/batchio"
+	"github.com/fastudp/fastudp/config"
+)
+
+// runCommand implements `fastudp run`.
+func runCommand(args []string, _, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fastudp run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "read the configuration from `FILE` (TOML)")
+	var quick config.Flags
+	quick.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &exitError{code: 2}
+	}
+	if fs.NArg() > 0 {
+		return &exitError{code: 2, err: fmt.Errorf("run: unexpected argument %q", fs.Arg(0))}
+	}
+	cfg, err := loadConfig(*configPath, &quick)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	log := newLogger(stderr, cfg)
+	if n, err := batchio.RaiseNoFileLimit(); err != nil {
+		log.Warn("cannot raise the open-file limit", "err", err)
+	} else {
+		log.Debug("open-file limit", "limit", n)
+	}
+	return serve(cfg, log)
+}
+
+// loadConfig reads the file, or builds the config from quick-start flags;
+// mixing the two is an error.
+func loadConfig(path string, quick *config.Flags) (*config.Config, error) {
+	if path != "" {
+		if given := quick.Given(); len(given) > 0 {
+			return nil, fmt.Errorf("--config cannot be combined with quick-start flags (%s): put them in the file", given[0])
+		}
+		return config.Load(path)
+	}
+	if len(quick.Given()) == 0 {
+		return nil, errors.New("run: give --config FILE, or --listen ADDR and --backend ADDR (see fastudp run -h)")
+	}
+	return quick.Config()
+}
+
+func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == config.LogJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve runs the proxy until SIGINT or SIGTERM, then drains live flows for
+// the grace period; a second signal stops at once.
+func serve(cfg *config.Config, log *slog.Logger) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Catch signals before the listeners open, so a signal that arrives as
+	// soon as traffic flows still drains gracefully.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	p, err := startProxy(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	sig := <-sigs
+	log.Info("stopping: draining live flows", "signal", sig.String(), "grace", cfg.GracePeriod)
+	go func() {
+		if s, ok := <-sigs; ok {
+			log.Warn("second signal: closing every flow now", "signal", s.String())
+			cancel()
+		}
+	}()
+	if err := p.stop(cfg.GracePeriod); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
