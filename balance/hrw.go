@@ -25,6 +25,18 @@ import "math"
 func (t *Table) hrwPick(key uint64, usable *Set) int {
 	best := -1
 	var bestH uint64
+	if t.weight == nil && usable == nil {
+		if len(t.hrw) == 0 {
+			return -1
+		}
+		best, bestH = 0, splitmix64(key^t.hrw[0])
+		for i := 1; i < len(t.hrw); i++ {
+			if h := splitmix64(key ^ t.hrw[i]); h > bestH {
+				best, bestH = i, h
+			}
+		}
+		return best
+	}
 	if t.weight == nil {
 		for i, hb := range t.hrw {
 			if usable != nil && !usable.Has(i) {

@@ -309,7 +309,7 @@ func TestMaglevSkipRedistributes(t *testing.T) {
 	}
 }
 
-// TestMaglevMatchesAddressOrder pins the hash contract: offsets and skips come
+// TestMaglevFirstClaims pins the hash contract: offsets and skips come
 // from the published affinity hash of the address with salted seeds, and the
 // first claims follow the paper's permutation.
 func TestMaglevFirstClaims(t *testing.T) {

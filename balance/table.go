@@ -183,7 +183,7 @@ func (t *Table) LookupAvailable(key uint64, usable *Set) (Backend, bool) {
 // Pick is LookupAvailable returning the backend's index, or -1 when none is
 // usable.
 func (t *Table) Pick(key uint64, usable *Set) int {
-	if t.slots != nil && usable == nil { // inlined: the O(1) Maglev lookup
+	if usable == nil && t.slots != nil { // the O(1) Maglev lookup
 		return int(t.slots[t.slot(key)])
 	}
 	return t.pick(key, usable)
