@@ -90,7 +90,7 @@ func ListenUDP(addr netip.AddrPort, opts ListenOptions) (int, error) {
 // datagrams carry DF and are never fragmented locally, and a datagram
 // above the device MTU fails with EMSGSIZE instead; ICMP
 // fragmentation-needed messages do not lower the MTU used. It also has
-// IP_RECVTOS / IPV6_RECVTCLASS and SO_RXQ_OVFL like a listener, and
+// IP_RECVTOS / IPV6_RECVTCLASS like a listener (no SO_RXQ_OVFL), and
 // UDP_GRO and buffer sizes as opts asks. The caller closes it.
 func DialUpstream(local, backend netip.AddrPort, opts DialOptions) (int, error) {
 	b := backend.Addr().Unmap()
@@ -105,7 +105,9 @@ func DialUpstream(local, backend netip.AddrPort, opts DialOptions) (int, error) 
 	if err != nil {
 		return -1, err
 	}
-	so := []sockopt{{unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1, "SO_RXQ_OVFL"}}
+	// No SO_RXQ_OVFL here: an upstream socket carries one flow, and the
+	// option would cost a syscall on every new flow.
+	so := make([]sockopt, 0, 4)
 	if b.Is4() {
 		so = append(so,
 			sockopt{unix.SOL_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE, "IP_MTU_DISCOVER"},

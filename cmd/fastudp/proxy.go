@@ -68,8 +68,8 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		Core:             cfg.CoreConfig(shards),
 		BatchSize:        cfg.BatchSize,
 		UpstreamSources:  cfg.UpstreamSources,
-		SocketRecvBuffer: cfg.SocketReceiveBuffer,
-		SocketSendBuffer: cfg.SocketSendBuffer,
+		// Upstream sockets keep the kernel's default buffers: each carries
+		// one flow, and sizing them costs syscalls on every new flow.
 		Picker:           picker,
 		Logger:           log,
 		AccessLog:        accessLog,
