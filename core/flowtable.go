@@ -41,7 +41,7 @@ func (t *flowTable) find(h uint64, k *flowKey, flows []flow) (uint32, bool) {
 		}
 		if s&^0xffffffff == tag {
 			idx := slotIndex(s)
-			if f := &flows[idx]; f.key == *k {
+			if f := &flows[idx]; f.key.equal(k) {
 				return idx, true
 			}
 		}

@@ -93,6 +93,39 @@ func toAddr(ap netip.AddrPort) addr {
 	return addr{ip: a.As16(), port: ap.Port(), is4: a.Is4()}
 }
 
+// set stores ap in a exactly as toAddr does, writing each field in place.
+func (a *addr) set(ap netip.AddrPort) {
+	ip := ap.Addr()
+	a.port = ap.Port()
+	a.is4 = ip.Is4()
+	if a.is4 {
+		// As4's result is one 4-byte store, where As16's two 8-byte stores
+		// read back with one 16-byte load cannot be store-forwarded. Bytes
+		// 8..15 are 00 00 ff ff and the address, written as one word
+		// because the hash reads them as one.
+		v4 := ip.As4()
+		binary.LittleEndian.PutUint64(a.ip[:8], 0)
+		binary.LittleEndian.PutUint64(a.ip[8:], 0xffff0000|uint64(binary.LittleEndian.Uint32(v4[:]))<<32)
+		return
+	}
+	a.ip = ip.As16()
+}
+
+// isValidClient reports whether a can be a client's source: a port, and an
+// address that is neither unspecified (or the zero Addr) nor multicast.
+func (a *addr) isValidClient() bool {
+	if a.port == 0 {
+		return false
+	}
+	hi := binary.BigEndian.Uint64(a.ip[:8])
+	lo := binary.BigEndian.Uint64(a.ip[8:])
+	if hi == 0 && lo>>32 == 0xffff { // IPv4 (plain or mapped)
+		v4 := uint32(lo)
+		return v4 != 0 && v4>>28 != 0xe // not 0.0.0.0, not 224.0.0.0/4
+	}
+	return (hi|lo) != 0 && a.ip[0] != 0xff // not ::, not ff00::/8
+}
+
 func (a *addr) addrPort() netip.AddrPort {
 	if a.port == 0 && !a.is4 && a.ip == ([16]byte{}) {
 		return netip.AddrPort{} // the shell gave no address
@@ -107,6 +140,14 @@ func (a *addr) addrPort() netip.AddrPort {
 type flowKey struct {
 	client, local addr
 	listener      ListenerID
+}
+
+// equal compares keys field by field, which the compiler turns into a few
+// word compares (== on the whole 42-byte struct calls a generic memequal).
+func (k *flowKey) equal(o *flowKey) bool {
+	return k.client.ip == o.client.ip && k.local.ip == o.local.ip &&
+		k.client.port == o.client.port && k.local.port == o.local.port &&
+		k.listener == o.listener && k.client.is4 == o.client.is4 && k.local.is4 == o.local.is4
 }
 
 // tableSecrets key the flow table's hash so that clients cannot choose

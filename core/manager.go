@@ -28,11 +28,11 @@ type flow struct {
 	cfg      uint32 // index of the captured cluster config version
 	gen      uint32
 	backend  BackendID
+	heapPos  int32  // position in the timer heap; here so the struct has no padding
 	hash     uint64 // flow table hash of key
 	// requests counts client datagrams the flow accepted (forwarded or held);
 	// responses counts backend datagrams it returned.
 	requests, responses uint32
-	heapPos             int32
 	pendHead, pendTail  int32
 	deadline            Time // min(idle deadline, expires)
 	expires             Time // end of life, or Never
@@ -102,6 +102,7 @@ type Manager struct {
 	// handled, so drops can be attributed without threading them through.
 	ctxListener ListenerID
 	ctxFlow     FlowID
+	ctxLookup   bool // ctxListener is still to be found from ctxFlow
 	armed       Time
 	rearm       bool
 
@@ -162,12 +163,20 @@ func (m *Manager) recycle() {
 
 func (m *Manager) emit(o Output) { m.out = append(m.out, o) }
 
+// slot appends a zero Output and returns it to be filled in place: on the
+// data path this saves building a 264-byte Output on the stack and copying
+// it twice (into emit's argument, then into the slice).
+func (m *Manager) slot() *Output {
+	m.out = append(m.out, Output{})
+	return &m.out[len(m.out)-1]
+}
+
 func (m *Manager) handle(now Time, in *Input) {
-	m.ctxListener, m.ctxFlow = in.Listener, in.Flow
-	if in.Kind == InClientDatagram {
-		m.ctxFlow = 0 // a client datagram names no flow, whatever Flow holds
-	} else if idx, ok := m.lookup(in.Flow); ok {
-		m.ctxListener = m.flows[idx].key.listener
+	// A client datagram names no flow, whatever its Flow field holds; other
+	// inputs name one whose listener is looked up only if something drops.
+	m.ctxListener, m.ctxFlow, m.ctxLookup = in.Listener, 0, false
+	if in.Kind != InClientDatagram {
+		m.ctxListener, m.ctxFlow, m.ctxLookup = 0, in.Flow, true
 	}
 	switch in.Kind {
 	case InClientDatagram:
@@ -192,6 +201,12 @@ func (m *Manager) handle(now Time, in *Input) {
 }
 
 func (m *Manager) drop(r DropReason, datagrams, bytes int) {
+	if m.ctxLookup {
+		m.ctxLookup = false
+		if idx, ok := m.lookup(m.ctxFlow); ok {
+			m.ctxListener = m.flows[idx].key.listener
+		}
+	}
 	m.stats.Drops[r] += uint64(datagrams)
 	m.emit(Output{Kind: OutDrop, DropReason: r, Listener: m.ctxListener, Flow: m.ctxFlow, Datagrams: datagrams, Bytes: bytes})
 }
@@ -208,10 +223,6 @@ func splitRun(payload []byte, seg int) (segSize, segLen int) {
 	return seg, seg
 }
 
-func isValidClient(ap netip.AddrPort) bool {
-	a := ap.Addr()
-	return a.IsValid() && ap.Port() != 0 && !a.IsUnspecified() && !a.IsMulticast()
-}
 
 func (m *Manager) onClient(now Time, in *Input) {
 	payload := in.Payload
@@ -228,11 +239,14 @@ func (m *Manager) onClient(now Time, in *Input) {
 		m.drop(DropNoCluster, segmentCount(len(payload), seg), len(payload))
 		return
 	}
-	if len(payload) == 0 || !isValidClient(in.Src) {
+	var k flowKey
+	k.client.set(in.Src)
+	if len(payload) == 0 || !k.client.isValidClient() {
 		m.drop(DropInvalid, segmentCount(len(payload), seg), len(payload))
 		return
 	}
-	k := flowKey{client: toAddr(in.Src), local: toAddr(in.Dst), listener: in.Listener}
+	k.local.set(in.Dst)
+	k.listener = in.Listener
 	h := m.secrets.hash(&k)
 	// A GRO run may outlast a flow's request cap; the rest of it starts a new
 	// flow, exactly as separately received datagrams would.
@@ -356,9 +370,14 @@ func (m *Manager) accept(now Time, idx uint32, payload []byte, seg int, tos uint
 // deadline only writes the flow; the timer entry catches up when it fires.
 func (m *Manager) touch(f *flow, d Time) {
 	d = min(d, f.expires)
+	old := f.deadline
 	f.deadline = d
-	if pos := int(f.heapPos); d < m.timers.entries[pos].at {
-		m.timers.update(pos, d, m.flows)
+	// The timer entry is never later than the old deadline, so only a
+	// deadline that moves earlier can need the entry moved.
+	if d < old {
+		if pos := int(f.heapPos); d < m.timers.entries[pos].at {
+			m.timers.update(pos, d, m.flows)
+		}
 	}
 }
 
@@ -423,6 +442,14 @@ func (m *Manager) forward(f *flow, idx uint32, payload []byte, seg int, tos uint
 	f.bytesIn += uint64(len(payload))
 	m.stats.DatagramsIn += uint64(segmentCount(len(payload), seg))
 	m.stats.BytesIn += uint64(len(payload))
+	needHeader := cfg.ProxyProtocol == ProxyEvery || (cfg.ProxyProtocol == ProxyFirst && !f.ppSent)
+	if !needHeader {
+		o := m.slot()
+		o.Kind, o.TOS, o.Listener, o.Cluster = OutSendToBackend, tos, f.key.listener, cfg.Cluster
+		o.Flow, o.Backend.ID = makeFlowID(idx, f.gen), f.backend
+		o.Payload, o.SegmentSize = payload, seg
+		return
+	}
 	o := Output{
 		Kind:     OutSendToBackend,
 		TOS:      tos,
@@ -430,12 +457,6 @@ func (m *Manager) forward(f *flow, idx uint32, payload []byte, seg int, tos uint
 		Cluster:  cfg.Cluster,
 		Flow:     makeFlowID(idx, f.gen),
 		Backend:  Backend{ID: f.backend},
-	}
-	needHeader := cfg.ProxyProtocol == ProxyEvery || (cfg.ProxyProtocol == ProxyFirst && !f.ppSent)
-	if !needHeader {
-		o.Payload, o.SegmentSize = payload, seg
-		m.emit(o)
-		return
 	}
 	f.ppSent = true
 	hdr := m.proxyHeader(f, cfg)
@@ -497,6 +518,7 @@ func (m *Manager) onBackend(now Time, in *Input) {
 	}
 	f := &m.flows[idx]
 	if f.deadline <= now {
+		m.ctxListener, m.ctxLookup = f.key.listener, false
 		m.expire(idx, now)
 		m.drop(DropUnknownFlow, segmentCount(len(payload), seg), len(payload))
 		return
@@ -519,18 +541,11 @@ func (m *Manager) onBackend(now Time, in *Input) {
 	f.bytesOut += uint64(len(chunk))
 	m.stats.DatagramsOut += uint64(take)
 	m.stats.BytesOut += uint64(len(chunk))
-	m.emit(Output{
-		Kind:        OutSendToClient,
-		TOS:         in.TOS,
-		Listener:    f.key.listener,
-		Cluster:     cfg.Cluster,
-		Flow:        in.Flow,
-		Backend:     Backend{ID: f.backend},
-		Client:      f.key.client.addrPort(),
-		Local:       f.key.local.addrPort(),
-		Payload:     chunk,
-		SegmentSize: seg,
-	})
+	o := m.slot()
+	o.Kind, o.TOS, o.Listener, o.Cluster = OutSendToClient, in.TOS, f.key.listener, cfg.Cluster
+	o.Flow, o.Backend.ID = in.Flow, f.backend
+	o.Client, o.Local = f.key.client.addrPort(), f.key.local.addrPort()
+	o.Payload, o.SegmentSize = chunk, seg
 	if take < n {
 		m.drop(DropFlowClosed, n-take, len(payload)-len(chunk))
 	}
@@ -617,10 +632,10 @@ func (m *Manager) closeFlow(idx uint32, now Time, reason CloseReason) {
 		// Attribute the held datagrams to this flow, then restore the
 		// input's context: a later drop of the same input (a client datagram
 		// that found this flow expired and is then refused) must not name it.
-		ctxListener, ctxFlow := m.ctxListener, m.ctxFlow
-		m.ctxListener, m.ctxFlow = f.key.listener, makeFlowID(idx, f.gen)
+		ctxListener, ctxFlow, ctxLookup := m.ctxListener, m.ctxFlow, m.ctxLookup
+		m.ctxListener, m.ctxFlow, m.ctxLookup = f.key.listener, makeFlowID(idx, f.gen), false
 		m.drop(r, int(f.pending), bytes)
-		m.ctxListener, m.ctxFlow = ctxListener, ctxFlow
+		m.ctxListener, m.ctxFlow, m.ctxLookup = ctxListener, ctxFlow, ctxLookup
 		f.pendHead, f.pendTail, f.pending = -1, -1, 0
 	}
 	m.detach(f, idx)

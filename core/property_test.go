@@ -260,7 +260,7 @@ func (s *sim) apply(op simOp) {
 			src = simBadSrc[op.B%len(simBadSrc)]
 		}
 		dst := simLocals[op.C%len(simLocals)]
-		valid := isValidClient(src)
+		valid := refValidClient(src)
 		p, seg := s.payload(op, func(seq uint64) {
 			if valid {
 				s.clientSeq[seq] = simKey{l, src, dst}
@@ -446,7 +446,7 @@ func (s *sim) check(in []Input, out []Output) {
 			}
 			f.selected = true
 			f.key.src, f.key.dst = o.Client, o.Local
-			if !isValidClient(o.Client) || o.Listener != f.key.listener {
+			if !refValidClient(o.Client) || o.Listener != f.key.listener {
 				s.fail(in, out, "output %d: bad select", i)
 			}
 			if want := AffinityHash(s.cfg.Seed, o.Client, f.cfg.Affinity); o.Key != want {
@@ -785,5 +785,52 @@ func TestSimLongRun(t *testing.T) {
 			}
 			s.finish()
 		})
+	}
+}
+
+// refValidClient is the model's rule for a usable client source address,
+// written with netip: the manager's byte-level check must agree with it.
+// IPv4-mapped addresses are judged as IPv4 (::ffff:0.0.0.0 is unspecified).
+func refValidClient(ap netip.AddrPort) bool {
+	a := ap.Addr().Unmap()
+	return a.IsValid() && ap.Port() != 0 && !a.IsUnspecified() && !a.IsMulticast()
+}
+
+// Test_addrIsValidClient compares the manager's byte-level check with
+// refValidClient on edge cases and random addresses of both families.
+func Test_addrIsValidClient(t *testing.T) {
+	cases := []netip.AddrPort{
+		{}, netip.MustParseAddrPort("0.0.0.0:53"), netip.MustParseAddrPort("[::]:53"),
+		netip.MustParseAddrPort("224.0.0.1:53"), netip.MustParseAddrPort("239.255.255.255:53"),
+		netip.MustParseAddrPort("[ff02::1]:53"), netip.MustParseAddrPort("[::ffff:224.0.0.1]:53"),
+		netip.MustParseAddrPort("[::ffff:0.0.0.0]:53"), netip.MustParseAddrPort("10.0.0.1:0"),
+		netip.MustParseAddrPort("10.0.0.1:1"), netip.MustParseAddrPort("[::1]:1"),
+		netip.MustParseAddrPort("223.255.255.255:9"), netip.MustParseAddrPort("240.0.0.1:9"),
+		netip.MustParseAddrPort("[fe80::1]:9"),
+	}
+	x := uint64(12345)
+	for range 20000 {
+		x = splitmix64(x + 0x9e3779b97f4a7c15)
+		var b16 [16]byte
+		for i := range b16 {
+			b16[i] = byte(x >> (8 * (i % 8)))
+			if i == 7 {
+				x = splitmix64(x)
+			}
+		}
+		port := uint16(x>>48) & 3 // often 0
+		cases = append(cases, netip.AddrPortFrom(netip.AddrFrom16(b16), port),
+			netip.AddrPortFrom(netip.AddrFrom4([4]byte(b16[:4])), port),
+			netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(x) & 0xf0, 0, 0, byte(x >> 8)}), port+1))
+	}
+	for _, ap := range cases {
+		var a addr
+		a.set(ap)
+		if got, want := a.isValidClient(), refValidClient(ap); got != want {
+			t.Fatalf("%v: isValidClient %v, want %v", ap, got, want)
+		}
+		if a != toAddr(ap) {
+			t.Fatalf("%v: set %+v, toAddr %+v", ap, a, toAddr(ap))
+		}
 	}
 }
