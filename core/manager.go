@@ -223,7 +223,6 @@ func splitRun(payload []byte, seg int) (segSize, segLen int) {
 	return seg, seg
 }
 
-
 func (m *Manager) onClient(now Time, in *Input) {
 	payload := in.Payload
 	seg, segLen := splitRun(payload, in.SegmentSize)
