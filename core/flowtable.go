@@ -32,7 +32,7 @@ func slotIndex(s uint64) uint32 { return uint32(s) - 1 }
 func (t *flowTable) home(h uint64) uint64 { return (h >> 32) & t.mask }
 
 // find returns the index of the flow in flows whose key equals k.
-func (t *flowTable) find(h uint64, k *flowKey, flows []flow) (uint32, bool) {
+func (t *flowTable) find(h uint64, k *flowKey, flows *flowSlab) (uint32, bool) {
 	tag := h &^ 0xffffffff
 	for i := t.home(h); ; i = (i + 1) & t.mask {
 		s := t.slots[i]
@@ -41,7 +41,7 @@ func (t *flowTable) find(h uint64, k *flowKey, flows []flow) (uint32, bool) {
 		}
 		if s&^0xffffffff == tag {
 			idx := slotIndex(s)
-			if f := &flows[idx]; f.key.equal(k) {
+			if flows.at(idx).key.equal(k) {
 				return idx, true
 			}
 		}

@@ -70,7 +70,7 @@ func (fx *tableFixture) verify(step string) {
 	}
 	for i := range fx.flows {
 		k := fx.flows[i].key
-		got, ok := tab.find(fx.hashes[i], &k, fx.flows)
+		got, ok := tab.find(fx.hashes[i], &k, slabOf(fx.flows))
 		if ok != fx.in[uint32(i)] || (ok && got != uint32(i)) {
 			t.Fatalf("%s: find(%d) = %d, %v; in table %v", step, i, got, ok, fx.in[uint32(i)])
 		}

@@ -23,8 +23,8 @@ func (m *Manager) CheckInvariants() error {
 			refs[v]++
 		}
 	}
-	for idx := range m.flows {
-		f := &m.flows[idx]
+	for idx := range uint32(m.flows.len()) {
+		f := m.flows.at(idx)
 		if f.gen == 0 {
 			return fmt.Errorf("slot %d: generation 0", idx)
 		}
@@ -43,7 +43,7 @@ func (m *Manager) CheckInvariants() error {
 		if f.attached {
 			attached++
 			k := f.key
-			if got, ok := m.table.find(m.secrets.hash(&k), &k, m.flows); !ok || got != uint32(idx) {
+			if got, ok := m.table.find(m.secrets.hash(&k), &k, &m.flows); !ok || got != uint32(idx) {
 				return fmt.Errorf("flow %v: attached but not found under its key", id)
 			}
 			if f.hash != m.secrets.hash(&k) {

@@ -256,7 +256,7 @@ type snapshot struct {
 }
 
 func snap(m *Manager) snapshot {
-	return snapshot{m.stats.Active, len(m.flows), m.table.count, m.timers.len(), len(m.held), m.stats.Created}
+	return snapshot{m.stats.Active, m.flows.len(), m.table.count, m.timers.len(), len(m.held), m.stats.Created}
 }
 
 // TestDNSLifecycle is the canonical output sequence of a DNS flow
@@ -1838,5 +1838,62 @@ func TestTimeAndSegments(t *testing.T) {
 		if o.Segments() != tc.want {
 			t.Errorf("Segments(%d, %d) = %d", tc.n, tc.seg, o.Segments())
 		}
+	}
+}
+
+// Test_prefetchChangesNothing runs the same batches through a manager whose
+// table is large enough to prefetch and one whose is not: the outputs must
+// be identical, and prefetch must have run.
+func Test_prefetchChangesNothing(t *testing.T) {
+	run := func(big bool) string {
+		m, err := NewManager(Config{Seed: 9})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if big {
+			m.table.init(prefetchMinSlots) // empty, so nothing to rehash
+		}
+		var out []Output
+		var b strings.Builder
+		step := func(now Time, in []Input) {
+			out = m.Handle(now, in, out[:0])
+			for i := range out {
+				fmt.Fprintf(&b, "%+v\n", out[i])
+			}
+			if err := m.CheckInvariants(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		step(0, []Input{ConfigInput(ConfigEvent{Kind: ConfigSetCluster, Cluster: ClusterConfig{Cluster: 1}})})
+		var batch []Input
+		for i := range 40 {
+			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i / 7), byte(i)}), uint16(1000+i%7))
+			batch = append(batch, ClientDatagram(0, src, netip.MustParseAddrPort("192.0.2.1:53"), []byte{byte(i)}))
+		}
+		step(1, batch)
+		var ids []FlowID
+		for _, o := range out {
+			if o.Kind == OutSelectBackend {
+				ids = append(ids, o.Flow)
+			}
+		}
+		var res []Input
+		for _, id := range ids {
+			res = append(res, Resolved(id, Backend{ID: 1, Addr: netip.MustParseAddrPort("10.9.0.1:53")}))
+		}
+		step(2, res)
+		mixed := append([]Input(nil), batch...)
+		for _, id := range ids {
+			mixed = append(mixed, BackendDatagram(id, []byte("r")))
+		}
+		mixed = append(mixed, BackendDatagram(makeFlowID(1<<20, 1), []byte("stale")), TimerFired())
+		step(3, mixed)
+		if big && m.pfSink == 0 {
+			t.Fatal("prefetch did not run")
+		}
+		return b.String()
+	}
+	if small, big := run(false), run(true); small != big {
+		t.Fatalf("outputs differ with prefetch:\n%s\n---\n%s", small, big)
 	}
 }

@@ -26,18 +26,18 @@ func (h *timerHeap) min() Time {
 	return h.entries[0].at
 }
 
-func (h *timerHeap) push(at Time, idx uint32, flows []flow) {
+func (h *timerHeap) push(at Time, idx uint32, flows *flowSlab) {
 	h.entries = append(h.entries, timerEntry{at: at, idx: idx})
 	h.up(len(h.entries)-1, flows)
 }
 
 // remove deletes the entry at position i.
-func (h *timerHeap) remove(i int, flows []flow) {
+func (h *timerHeap) remove(i int, flows *flowSlab) {
 	last := len(h.entries) - 1
-	flows[h.entries[i].idx].heapPos = -1
+	flows.at(h.entries[i].idx).heapPos = -1
 	if i != last {
 		h.entries[i] = h.entries[last]
-		flows[h.entries[i].idx].heapPos = int32(i)
+		flows.at(h.entries[i].idx).heapPos = int32(i)
 	}
 	h.entries = h.entries[:last]
 	if i != last {
@@ -48,7 +48,7 @@ func (h *timerHeap) remove(i int, flows []flow) {
 }
 
 // update sets the time of the entry at position i and restores heap order.
-func (h *timerHeap) update(i int, at Time, flows []flow) {
+func (h *timerHeap) update(i int, at Time, flows *flowSlab) {
 	old := h.entries[i].at
 	h.entries[i].at = at
 	if at < old {
@@ -58,7 +58,7 @@ func (h *timerHeap) update(i int, at Time, flows []flow) {
 	}
 }
 
-func (h *timerHeap) up(i int, flows []flow) bool {
+func (h *timerHeap) up(i int, flows *flowSlab) bool {
 	e := h.entries[i]
 	start := i
 	for i > 0 {
@@ -67,15 +67,15 @@ func (h *timerHeap) up(i int, flows []flow) bool {
 			break
 		}
 		h.entries[i] = h.entries[p]
-		flows[h.entries[i].idx].heapPos = int32(i)
+		flows.at(h.entries[i].idx).heapPos = int32(i)
 		i = p
 	}
 	h.entries[i] = e
-	flows[e.idx].heapPos = int32(i)
+	flows.at(e.idx).heapPos = int32(i)
 	return i != start
 }
 
-func (h *timerHeap) down(i int, flows []flow) {
+func (h *timerHeap) down(i int, flows *flowSlab) {
 	n := len(h.entries)
 	e := h.entries[i]
 	for {
@@ -94,9 +94,9 @@ func (h *timerHeap) down(i int, flows []flow) {
 			break
 		}
 		h.entries[i] = h.entries[best]
-		flows[h.entries[i].idx].heapPos = int32(i)
+		flows.at(h.entries[i].idx).heapPos = int32(i)
 		i = best
 	}
 	h.entries[i] = e
-	flows[e.idx].heapPos = int32(i)
+	flows.at(e.idx).heapPos = int32(i)
 }

@@ -78,13 +78,13 @@ func Test_timerHeap_randomized(t *testing.T) {
 				_, in := fx.ref[idx]
 				switch op := r.next() % 3; {
 				case !in:
-					fx.h.push(at, idx, fx.flows)
+					fx.h.push(at, idx, slabOf(fx.flows))
 					fx.ref[idx] = at
 				case op == 0:
-					fx.h.remove(int(fx.flows[idx].heapPos), fx.flows)
+					fx.h.remove(int(fx.flows[idx].heapPos), slabOf(fx.flows))
 					delete(fx.ref, idx)
 				default:
-					fx.h.update(int(fx.flows[idx].heapPos), at, fx.flows)
+					fx.h.update(int(fx.flows[idx].heapPos), at, slabOf(fx.flows))
 					fx.ref[idx] = at
 				}
 				if tc.n <= 200 || step%101 == 0 {
@@ -101,7 +101,7 @@ func Test_timerHeap_randomized(t *testing.T) {
 			for fx.h.len() > 0 {
 				e := fx.h.entries[0]
 				got = append(got, e.at)
-				fx.h.remove(0, fx.flows)
+				fx.h.remove(0, slabOf(fx.flows))
 				delete(fx.ref, e.idx)
 			}
 			if !slices.Equal(got, want) {
@@ -119,33 +119,33 @@ func Test_timerHeap(t *testing.T) {
 	}{
 		{name: "empty min is Never", run: func(fx *heapFixture) {}},
 		{name: "remove the last entry", run: func(fx *heapFixture) {
-			fx.h.push(5, 0, fx.flows)
-			fx.h.push(7, 1, fx.flows)
-			fx.h.remove(1, fx.flows)
+			fx.h.push(5, 0, slabOf(fx.flows))
+			fx.h.push(7, 1, slabOf(fx.flows))
+			fx.h.remove(1, slabOf(fx.flows))
 			fx.ref[0] = 5
 		}},
 		{name: "remove the only entry", run: func(fx *heapFixture) {
-			fx.h.push(5, 0, fx.flows)
-			fx.h.remove(0, fx.flows)
+			fx.h.push(5, 0, slabOf(fx.flows))
+			fx.h.remove(0, slabOf(fx.flows))
 		}},
 		{name: "remove from the middle moves the last up", run: func(fx *heapFixture) {
 			for i, at := range []Time{1, 10, 20, 30, 40, 11, 12, 13, 14, 2} {
-				fx.h.push(at, uint32(i), fx.flows)
+				fx.h.push(at, uint32(i), slabOf(fx.flows))
 				fx.ref[uint32(i)] = at
 			}
-			fx.h.remove(int(fx.flows[2].heapPos), fx.flows)
+			fx.h.remove(int(fx.flows[2].heapPos), slabOf(fx.flows))
 			delete(fx.ref, 2)
 		}},
 		{name: "update to the same time", run: func(fx *heapFixture) {
-			fx.h.push(5, 0, fx.flows)
-			fx.h.push(5, 1, fx.flows)
-			fx.h.update(1, 5, fx.flows)
+			fx.h.push(5, 0, slabOf(fx.flows))
+			fx.h.push(5, 1, slabOf(fx.flows))
+			fx.h.update(1, 5, slabOf(fx.flows))
 			fx.ref[0], fx.ref[1] = 5, 5
 		}},
 		{name: "Never entries", run: func(fx *heapFixture) {
-			fx.h.push(Never, 0, fx.flows)
-			fx.h.push(3, 1, fx.flows)
-			fx.h.update(int(fx.flows[1].heapPos), Never, fx.flows)
+			fx.h.push(Never, 0, slabOf(fx.flows))
+			fx.h.push(3, 1, slabOf(fx.flows))
+			fx.h.update(int(fx.flows[1].heapPos), Never, slabOf(fx.flows))
 			fx.ref[0], fx.ref[1] = Never, Never
 		}},
 	}
