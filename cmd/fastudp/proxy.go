@@ -61,19 +61,19 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		listeners[i] = shard.Listener{Name: l.Name, Addr: l.Address, Cluster: cc}
 	}
 	g, err := shard.NewGroup(shard.GroupOptions{
-		Shards:           shards,
-		Listeners:        listeners,
-		Listen:           batchio.ListenOptions{RecvBuffer: cfg.SocketReceiveBuffer, SendBuffer: cfg.SocketSendBuffer},
-		Backends:         picker.backends,
-		Core:             cfg.CoreConfig(shards),
-		BatchSize:        cfg.BatchSize,
-		UpstreamSources:  cfg.UpstreamSources,
+		Shards:          shards,
+		Listeners:       listeners,
+		Listen:          batchio.ListenOptions{RecvBuffer: cfg.SocketReceiveBuffer, SendBuffer: cfg.SocketSendBuffer},
+		Backends:        picker.backends,
+		Core:            cfg.CoreConfig(shards),
+		BatchSize:       cfg.BatchSize,
+		UpstreamSources: cfg.UpstreamSources,
 		// Upstream sockets keep the kernel's default buffers: each carries
 		// one flow, and sizing them costs syscalls on every new flow.
-		Picker:           picker,
-		Logger:           log,
-		AccessLog:        accessLog,
-		PinCPUs:          cfg.CPUPinning,
+		Picker:    picker,
+		Logger:    log,
+		AccessLog: accessLog,
+		PinCPUs:   cfg.CPUPinning,
 	})
 	if err != nil {
 		p.closeAccess()
