@@ -50,6 +50,9 @@ func (k ErrorKind) String() string {
 // works on the errors this package returns and on errors from package net.
 // A nil err is KindOther; callers check err != nil first.
 func Classify(err error) ErrorKind {
+	if k, ok := classifyBoxed(err); ok {
+		return k // the routine errors, without the allocations of errors.As
+	}
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 		return KindClosed
 	}

@@ -17,6 +17,18 @@ var (
 	errSendRefused error = os.NewSyscallError("sendmmsg", unix.ECONNREFUSED)
 )
 
+// classifyBoxed recognises the pre-boxed errors by identity, which costs
+// nothing; errors.As on them would allocate on every empty read.
+func classifyBoxed(err error) (ErrorKind, bool) {
+	switch err {
+	case errRecvAgain, errSendAgain:
+		return KindWouldBlock, true
+	case errRecvRefused, errSendRefused:
+		return KindRefused, true
+	}
+	return KindOther, false
+}
+
 // recvError wraps an errno from recvmmsg, allocating only for rare errnos.
 func recvError(e unix.Errno) error {
 	switch e {
@@ -40,8 +52,8 @@ func sendError(e unix.Errno) error {
 }
 
 func classifyErrno(err error) ErrorKind {
-	var e unix.Errno
-	if !errors.As(err, &e) {
+	e, ok := errors.AsType[unix.Errno](err)
+	if !ok {
 		return KindOther
 	}
 	switch e {

@@ -14,6 +14,12 @@ type ListenOptions struct {
 	// SegmentSize set. Every receive Buf must then hold [GROBufferSize]
 	// bytes.
 	GRO bool
+	// SpecificPacketInfoOff leaves IP_PKTINFO / IPV6_RECVPKTINFO off when
+	// the socket is bound to a specific address: every datagram then reached
+	// that address, so the caller knows [Message.Local] without the control
+	// message (which costs a little on every receive). A wildcard socket
+	// always asks for packet info.
+	SpecificPacketInfoOff bool
 	// V6Only sets IPV6_V6ONLY on an IPv6 listener so that [::] receives
 	// IPv6 only. By default an IPv6 listener is dual-stack whatever
 	// net.ipv6.bindv6only says; IPv4 peers are then reported unmapped.

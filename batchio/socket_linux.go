@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,14 +44,15 @@ func ListenUDP(addr netip.AddrPort, opts ListenOptions) (int, error) {
 		{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1, "SO_REUSEPORT"},
 		{unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1, "SO_RXQ_OVFL"},
 	}
+	pktinfo := boolInt(a.IsUnspecified() || !opts.SpecificPacketInfoOff)
 	if a.Is4() {
 		so = append(so,
-			sockopt{unix.SOL_IP, unix.IP_PKTINFO, 1, "IP_PKTINFO"},
+			sockopt{unix.SOL_IP, unix.IP_PKTINFO, pktinfo, "IP_PKTINFO"},
 			sockopt{unix.SOL_IP, unix.IP_RECVTOS, 1, "IP_RECVTOS"})
 	} else {
 		so = append(so,
 			sockopt{unix.SOL_IPV6, unix.IPV6_V6ONLY, boolInt(opts.V6Only), "IPV6_V6ONLY"},
-			sockopt{unix.SOL_IPV6, unix.IPV6_RECVPKTINFO, 1, "IPV6_RECVPKTINFO"},
+			sockopt{unix.SOL_IPV6, unix.IPV6_RECVPKTINFO, pktinfo, "IPV6_RECVPKTINFO"},
 			sockopt{unix.SOL_IPV6, unix.IPV6_RECVTCLASS, 1, "IPV6_RECVTCLASS"})
 		if !opts.V6Only {
 			// IPv4 datagrams on a dual-stack socket get IPV6_PKTINFO with a
@@ -134,7 +136,7 @@ func DialUpstream(local, backend netip.AddrPort, opts DialOptions) (int, error) 
 		err = bind(fd, netip.AddrPortFrom(l, local.Port()))
 	}
 	if err == nil {
-		if err = unix.Connect(fd, sockaddr(backend)); err != nil {
+		if err = sockaddrCall(unix.SYS_CONNECT, fd, backend); err != nil {
 			err = fmt.Errorf("batchio: connect %v: %w", backend, err)
 		}
 	}
@@ -222,20 +224,22 @@ func setBuffer(fd, force, plain, size int, name string) error {
 }
 
 func bind(fd int, ap netip.AddrPort) error {
-	if err := unix.Bind(fd, sockaddr(ap)); err != nil {
+	if err := sockaddrCall(unix.SYS_BIND, fd, ap); err != nil {
 		return fmt.Errorf("batchio: bind %v: %w", ap, err)
 	}
 	return nil
 }
 
-// sockaddr converts ap for the unix package; IPv4 and v4-mapped addresses
-// become SockaddrInet4.
-func sockaddr(ap netip.AddrPort) unix.Sockaddr {
-	a := ap.Addr().Unmap()
-	if a.Is4() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}
+// sockaddrCall makes a bind or connect system call with ap encoded on the
+// stack: unix.Bind and unix.Connect take a Sockaddr interface, which
+// allocates on every new flow.
+func sockaddrCall(trap uintptr, fd int, ap netip.AddrPort) error {
+	var b [sockaddrLen]byte
+	n := putSockaddr(&b, ap)
+	if _, _, e := unix.Syscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(n)); e != 0 {
+		return e
 	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+	return nil
 }
 
 func boolInt(b bool) int {

@@ -200,3 +200,21 @@ func TestRaiseNoFileLimit(t *testing.T) {
 		t.Errorf("RaiseNoFileLimit = %d; limit now %d/%d, want soft = hard", got, lim.Cur, lim.Max)
 	}
 }
+
+// TestSpecificPacketInfoOff checks that the option drops IP_PKTINFO only on
+// a socket bound to a specific address, never on a wildcard one.
+func TestSpecificPacketInfoOff(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		want int
+	}{{"127.0.0.1:0", 0}, {"0.0.0.0:0", 1}} {
+		fd, _ := listen(t, tc.addr, ListenOptions{SpecificPacketInfoOff: true})
+		v, err := unix.GetsockoptInt(fd, unix.SOL_IP, unix.IP_PKTINFO)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != tc.want {
+			t.Errorf("%s: IP_PKTINFO %d, want %d", tc.addr, v, tc.want)
+		}
+	}
+}

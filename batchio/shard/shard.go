@@ -410,7 +410,11 @@ func (s *Shard) readListener(li int, now core.Time) {
 			}
 			// A datagram longer than the buffer (MSG_TRUNC) fills it: one byte
 			// more than max_rx, so the core drops it as oversize.
-			in := core.ClientDatagram(lid, m.Addr, netip.AddrPortFrom(m.Local, s.opts.Listeners[li].Addr.Port()), m.Buf[:m.N])
+			local := s.opts.Listeners[li].Addr // a specific-address listener may skip PKTINFO
+			if m.Local.IsValid() {
+				local = netip.AddrPortFrom(m.Local, local.Port())
+			}
+			in := core.ClientDatagram(lid, m.Addr, local, m.Buf[:m.N])
 			in.TOS = m.TOS
 			in.SegmentSize = m.SegmentSize
 			s.inputs = append(s.inputs, in)

@@ -63,7 +63,7 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 	g, err := shard.NewGroup(shard.GroupOptions{
 		Shards:          shards,
 		Listeners:       listeners,
-		Listen:          batchio.ListenOptions{RecvBuffer: cfg.SocketReceiveBuffer, SendBuffer: cfg.SocketSendBuffer},
+		Listen:          batchio.ListenOptions{RecvBuffer: cfg.SocketReceiveBuffer, SendBuffer: cfg.SocketSendBuffer, SpecificPacketInfoOff: true},
 		Backends:        picker.backends,
 		Core:            cfg.CoreConfig(shards),
 		BatchSize:       cfg.BatchSize,
