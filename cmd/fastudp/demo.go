@@ -275,8 +275,9 @@ func (l *demoLoad) printRow(w io.Writer, elapsed, interval time.Duration) {
 	l.lat = nil
 	now := l.acc
 	now.sent = l.sent.Load()
+	now.perBackend = slices.Clone(l.acc.perBackend) // acc's slice keeps changing after Unlock
 	prev := l.shown
-	l.shown = demoTotals{sent: now.sent, replies: now.replies, perBackend: slices.Clone(now.perBackend)}
+	l.shown = now
 	l.mu.Unlock()
 	slices.Sort(lat)
 	secs := interval.Seconds()
