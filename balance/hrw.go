@@ -1,6 +1,10 @@
 package balance
 
-import "math"
+import (
+	"math"
+
+	"github.com/fastudp/fastudp/core"
+)
 
 // Weighted rendezvous hashing (Schindelhauer and Schomaker's logarithmic
 // method, as in sozu): for key k, backend i draws
@@ -73,13 +77,5 @@ func unitInterval(h uint64) float64 {
 	return (float64(h>>11) + 0.5) * 0x1p-53
 }
 
-// splitmix64 is the finaliser of Steele, Lea and Flood's SplitMix64, the same
-// one core.AffinityHash ends with.
-func splitmix64(h uint64) uint64 {
-	h ^= h >> 30
-	h *= 0xbf58476d1ce4e5b9
-	h ^= h >> 27
-	h *= 0x94d049bb133111eb
-	h ^= h >> 31
-	return h
-}
+// splitmix64 is the finaliser core.AffinityHash ends with.
+func splitmix64(h uint64) uint64 { return core.Mix64(h) }

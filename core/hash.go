@@ -69,6 +69,11 @@ func affinityFrom(h uint64, client netip.AddrPort, mode Affinity) uint64 {
 	return splitmix64(h)
 }
 
+// Mix64 is the finaliser the affinity hash ends with (Steele, Lea and
+// Flood's SplitMix64), exported so that other parts of the contract (backend
+// hashing in balance) use the very same function.
+func Mix64(h uint64) uint64 { return splitmix64(h) }
+
 // splitmix64 is the finaliser of Steele, Lea and Flood's SplitMix64.
 func splitmix64(h uint64) uint64 {
 	h ^= h >> 30
