@@ -35,6 +35,9 @@ type Stat struct {
 	PPID  int
 	Utime Ticks // user-mode time
 	Stime Ticks // kernel-mode time
+	// CUtime and CStime are the user and kernel time of children that
+	// have exited and been waited for (fields 16 and 17).
+	CUtime, CStime Ticks
 }
 
 // CPU returns Utime + Stime.
@@ -78,6 +81,13 @@ func ParseStat(b []byte) (Stat, error) {
 		return s, fmt.Errorf("proc: stat: stime: %w", err)
 	}
 	s.Utime, s.Stime = Ticks(ut), Ticks(st)
+	if len(f) >= 15 {
+		cu, err1 := strconv.ParseInt(string(f[13]), 10, 64)
+		cs, err2 := strconv.ParseInt(string(f[14]), 10, 64)
+		if err1 == nil && err2 == nil && cu >= 0 && cs >= 0 {
+			s.CUtime, s.CStime = Ticks(cu), Ticks(cs)
+		}
+	}
 	return s, nil
 }
 
@@ -161,15 +171,18 @@ func Descendants(pid int) ([]int, error) {
 }
 
 // TreeCPU returns the CPU time of pid and all its live descendants
-// (utime+stime of each, exited threads included). A descendant that exited
-// before the call is not counted, so compare two TreeCPU samples only
-// while the process tree is stable, as it is for a proxy under load.
+// (utime+stime of each, exited threads included), plus the time of pid's
+// children that have exited and been waited for (cutime+cstime), so a
+// peer that forks a child per client (socat) is charged for the children
+// it has reaped. A descendant that exited but was not yet reaped is not
+// counted, so compare two TreeCPU samples only while the process tree is
+// stable, or reaps promptly.
 func TreeCPU(pid int) (Ticks, error) {
 	s, err := Process(pid)
 	if err != nil {
 		return 0, err
 	}
-	total := s.CPU()
+	total := s.CPU() + s.CUtime + s.CStime
 	kids, err := Descendants(pid)
 	if err != nil {
 		return 0, err
@@ -264,4 +277,35 @@ func parseSystem(b []byte) (CPUTimes, error) {
 		}
 	}
 	return t, nil
+}
+
+// RSS returns the resident set size of pid in bytes (VmRSS from
+// /proc/PID/status).
+func RSS(pid int) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(root, strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, err
+	}
+	return parseRSS(b)
+}
+
+func parseRSS(b []byte) (uint64, error) {
+	for len(b) > 0 {
+		line, rest, _ := bytes.Cut(b, []byte{'\n'})
+		b = rest
+		v, ok := bytes.CutPrefix(line, []byte("VmRSS:"))
+		if !ok {
+			continue
+		}
+		f := bytes.Fields(v)
+		if len(f) != 2 || string(f[1]) != "kB" {
+			return 0, fmt.Errorf("proc: status: bad VmRSS line %q", line)
+		}
+		n, err := strconv.ParseUint(string(f[0]), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("proc: status: VmRSS: %w", err)
+		}
+		return n << 10, nil
+	}
+	return 0, errors.New("proc: status: no VmRSS (a kernel thread, or a zombie)")
 }

@@ -213,3 +213,26 @@ func TestSystem(t *testing.T) {
 		t.Errorf("System() = %+v, %v", a, err)
 	}
 }
+
+func TestRSS(t *testing.T) {
+	n, err := parseRSS([]byte("Name:\tx\nVmPeak:\t  10 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n"))
+	if err != nil || n != 2048<<10 {
+		t.Errorf("parseRSS = %d, %v", n, err)
+	}
+	for _, bad := range []string{"Name: x\n", "VmRSS: 12\n", "VmRSS: x kB\n"} {
+		if _, err := parseRSS([]byte(bad)); err == nil {
+			t.Errorf("parseRSS(%q) succeeded", bad)
+		}
+	}
+	if n, err := RSS(os.Getpid()); err != nil || n < 1<<20 {
+		t.Errorf("RSS(self) = %d, %v", n, err)
+	}
+}
+
+func TestParseStatChildren(t *testing.T) {
+	line := "7 (socat) S 1 1 1 0 -1 4194560 100 0 0 0 5 6 70 80 20 0 3 0 12345\n"
+	s, err := ParseStat([]byte(line))
+	if err != nil || s.CUtime != 70 || s.CStime != 80 || s.CPU() != 11 {
+		t.Errorf("ParseStat = %+v, %v", s, err)
+	}
+}
