@@ -1,9 +1,12 @@
 package loadgen
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -250,5 +253,219 @@ func TestFewAllocations(t *testing.T) {
 	// Both datagram directions go through the generator and the echo.
 	if allocs := m1.Mallocs - m0.Mallocs; allocs > s.Received/20 {
 		t.Errorf("%d allocations for %d round trips", allocs, s.Received)
+	}
+}
+
+// exactQuantile is Hist.Quantile's rank rule applied to sorted raw samples.
+func exactQuantile(sorted []time.Duration, q float64) time.Duration {
+	rank := int(q*float64(len(sorted)) + 0.5)
+	rank = min(max(rank, 1), len(sorted))
+	return sorted[rank-1]
+}
+
+// TestHistogramMatchesRawSamples runs load through the echo backend and
+// checks that the histogram's percentiles are within one bucket of the
+// exact percentiles of the raw samples, and that every sample was kept.
+func TestHistogramMatchesRawSamples(t *testing.T) {
+	e := startEcho(t)
+	g := newGen(t, Config{Target: e.Addr(), Conns: 4, Rate: 4000, RawSamples: 10000})
+	run(g, 50*time.Millisecond, 500*time.Millisecond)
+	s := g.Stats(1)
+	if s.Received == 0 || uint64(len(s.Raw)) != s.Received || s.RTT.Count() != s.Received {
+		t.Fatalf("received %d, raw %d, hist %d", s.Received, len(s.Raw), s.RTT.Count())
+	}
+	raw := slices.Clone(s.Raw)
+	slices.Sort(raw)
+	for _, q := range []float64{0.5, 0.9, 0.99, 0.999, 1} {
+		exact, got := exactQuantile(raw, q), s.RTT.Quantile(q)
+		if d := histIndex(uint64(got)) - histIndex(uint64(exact)); d < -1 || d > 1 {
+			t.Errorf("q%v: histogram %v, exact %v (%d buckets apart)", q, got, exact, d)
+		}
+	}
+}
+
+// TestOpenLoopTimesFromSchedule checks that open-loop round trips are timed
+// from when each datagram was due, not from when it left: with a 50 ms
+// tick, datagrams due early in a tick wait for it, and that wait shows.
+func TestOpenLoopTimesFromSchedule(t *testing.T) {
+	e := startEcho(t)
+	g := newGen(t, Config{Target: e.Addr(), Conns: 2, Rate: 2000, Tick: 50 * time.Millisecond})
+	run(g, 0, 600*time.Millisecond)
+	s := g.Stats(1)
+	if s.Received < 200 {
+		t.Fatalf("only %d replies", s.Received)
+	}
+	// Due times are spread evenly over each 50 ms tick: the median waits
+	// about 25 ms; an echo on loopback answers in well under 1 ms.
+	if p50, p99 := s.RTT.Quantile(0.5), s.RTT.Quantile(0.99); p50 < 10*time.Millisecond || p99 < 40*time.Millisecond {
+		t.Errorf("p50 %v, p99 %v: the wait for the tick is hidden", p50, p99)
+	}
+}
+
+func TestSizeMix(t *testing.T) {
+	e := startEcho(t)
+	sizes := []int{64, 200, 1200}
+	g := newGen(t, Config{Target: e.Addr(), Conns: 3, Sizes: sizes, Timeout: 10 * time.Second})
+	run(g, 50*time.Millisecond, 200*time.Millisecond)
+	for p := range 2 {
+		s := g.Stats(p)
+		if s.Received != s.Sent || s.Sent < 30 {
+			t.Fatalf("phase %d: sent %d received %d", p, s.Sent, s.Received)
+		}
+		// Requests take the sizes in turn: the mean is within a few
+		// requests' worth of the mix's mean.
+		mean, want := float64(s.Bytes)/float64(s.Received), (64.0+200+1200)/3
+		if mean < want*0.8 || mean > want*1.2 {
+			t.Errorf("phase %d: mean size %.0f, want ≈%.0f", p, mean, want)
+		}
+	}
+	if g.Invalid() != 0 {
+		t.Errorf("%d invalid replies", g.Invalid())
+	}
+}
+
+// TestSourcesAndChurn checks that sockets take their source addresses
+// from Sources and that churn gives every request a new source port.
+func TestSourcesAndChurn(t *testing.T) {
+	srcs := LoopbackSources(300)
+	if srcs[0] != netip.MustParseAddr("127.0.0.1") || srcs[254] != netip.MustParseAddr("127.0.1.1") {
+		t.Fatalf("sources %v %v", srcs[0], srcs[254])
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	g := newGen(t, Config{Target: pc.LocalAddr().(*net.UDPAddr).AddrPort(), Conns: 4, Sources: srcs[250:254],
+		Churn: true, Timeout: 5 * time.Second})
+	g.Start()
+	defer g.Stop(0)
+	ips, ports := map[netip.Addr]bool{}, map[netip.AddrPort]bool{}
+	buf := make([]byte, 100)
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for len(ports) < 20 {
+		n, from, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("%d sources seen: %v", len(ports), err)
+		}
+		if ports[from] {
+			t.Fatalf("source %v used twice", from)
+		}
+		ips[from.Addr()], ports[from] = true, true
+		pc.WriteToUDPAddrPort(buf[:n], from)
+	}
+	if len(ips) != 4 {
+		t.Errorf("source addresses %v, want the 4 given", ips)
+	}
+	for ip := range ips {
+		if !slices.Contains(srcs[250:254], ip) {
+			t.Errorf("unexpected source %v", ip)
+		}
+	}
+}
+
+func TestDNSClosedAndOpenLoop(t *testing.T) {
+	for _, rate := range []float64{0, 3000} {
+		d, err := StartDNS(DNSConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		g := newGen(t, Config{Target: d.Addr(), Conns: 4, DNS: GenerateQueries(10), Rate: rate, Timeout: 10 * time.Second})
+		run(g, 50*time.Millisecond, 300*time.Millisecond)
+		var sent uint64
+		for p := range 2 {
+			s := g.Stats(p)
+			sent += s.Sent
+			if s.Sent == 0 || s.Received != s.Sent || s.Completed != s.Sent || s.Late != 0 || s.RTT.Count() != s.Received {
+				t.Errorf("rate %v phase %d: %+v", rate, p, s)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		if ds := d.Stats(); ds.Answered != sent || ds.Invalid != 0 || g.Invalid() != 0 {
+			t.Errorf("rate %v: responder %+v, sent %d, invalid %d", rate, ds, sent, g.Invalid())
+		}
+	}
+}
+
+func TestBlaster(t *testing.T) {
+	for _, noGSO := range []bool{false, true} {
+		bl, err := StartBlaster(BlasterConfig{Run: 8, NoGSO: noGSO})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bl.Close()
+		g := newGen(t, Config{Target: bl.Addr(), Conns: 4, ReplyDatagrams: 8, Timeout: 10 * time.Second,
+			RecvBuffer: 4 << 20})
+		run(g, 50*time.Millisecond, 300*time.Millisecond)
+		s := g.Stats(1)
+		if s.Sent == 0 || s.Completed != s.Sent || s.Received != 8*s.Sent || s.Bytes != 1200*s.Received || s.Loss() != 0 {
+			t.Errorf("noGSO %v: %+v loss %v", noGSO, s, s.Loss())
+		}
+		if st := bl.Stats(); st.GSO == noGSO || st.Requests == 0 || st.Datagrams != 8*st.Requests {
+			t.Errorf("noGSO %v: blaster %+v", noGSO, st)
+		}
+	}
+}
+
+func TestDNSWire(t *testing.T) {
+	qs, err := ParseQueries(strings.NewReader("# c\nwww.example.test A\n\nexample.test. TXT\nx.test TYPE65\n"))
+	if err != nil || len(qs) != 3 || qs[1].Type != 16 || qs[2].Type != 65 {
+		t.Fatalf("ParseQueries = %v, %v", qs, err)
+	}
+	if _, err := ParseQueries(strings.NewReader("a A B\n")); err == nil {
+		t.Error("accepted three fields")
+	}
+	q, err := EncodeQuery(nil, 0xbeef, qs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, 600)
+	n := answerQuery(out, q, [4]byte{192, 0, 2, 9})
+	if n != len(q)+16 {
+		t.Fatalf("answer length %d", n)
+	}
+	id, resp := dnsID(out[:n])
+	if id != 0xbeef || !resp || out[7] != 1 || !bytes.Equal(out[n-4:n], []byte{192, 0, 2, 9}) {
+		t.Errorf("answer %x", out[:n])
+	}
+	q2, _ := EncodeQuery(nil, 1, qs[1])
+	if n := answerQuery(out, q2, [4]byte{}); n != len(q2) || out[7] != 0 {
+		t.Errorf("TXT answer %x", out[:n])
+	}
+	for _, bad := range [][]byte{q[:11], q[:len(q)-1], out[:n]} {
+		if answerQuery(make([]byte, 600), bad, [4]byte{}) != 0 {
+			t.Errorf("answered %x", bad)
+		}
+	}
+	if _, err := EncodeQuery(nil, 1, Query{Name: "a..b", Type: 1}); err == nil {
+		t.Error("encoded an empty label")
+	}
+}
+
+// TestSprayer opens 2,000 flows from distinct (address, port) pairs
+// through the echo backend and checks every one was answered.
+func TestSprayer(t *testing.T) {
+	e := startEcho(t)
+	s, err := NewSprayer(SprayConfig{Target: e.Addr(), Sockets: 4, Sources: LoopbackSources(500), Rate: 20000, Count: 2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Flows() != 2000 {
+		t.Fatalf("flows %d", s.Flows())
+	}
+	s.Start()
+	select {
+	case <-s.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("not done")
+	}
+	s.Stop(2 * time.Second)
+	if st := s.Stats(0); st.Sent != 2000 || st.Received != 2000 || st.SendErrors != 0 {
+		t.Errorf("%+v", st)
+	}
+	if es := e.Stats(); es.Received != 2000 {
+		t.Errorf("echo %+v", es)
 	}
 }
