@@ -22,6 +22,8 @@ const startTimeout = 10 * time.Second
 type Fastudp struct {
 	Bin    string // path to the built binary
 	Shards int
+	// Label names the target in reports (default "fastudp-N").
+	Label string
 	// Metrics serves Prometheus metrics on a free loopback port, so the
 	// benchmark can read the Go collector's allocation counters.
 	Metrics bool
@@ -29,7 +31,12 @@ type Fastudp struct {
 }
 
 // Name implements Target.
-func (f Fastudp) Name() string { return "fastudp-" + strconv.Itoa(f.Shards) }
+func (f Fastudp) Name() string {
+	if f.Label != "" {
+		return f.Label
+	}
+	return "fastudp-" + strconv.Itoa(f.Shards)
+}
 
 // Start implements Target.
 func (f Fastudp) Start(backend netip.AddrPort, m Mode) (*Instance, error) {
@@ -66,7 +73,7 @@ func (f Fastudp) Start(backend netip.AddrPort, m Mode) (*Instance, error) {
 		<-exited
 		return nil
 	}
-	if err := WaitEcho(addr, startTimeout); err != nil {
+	if err := WaitReply(addr, m.probe(), startTimeout); err != nil {
 		inst.Stop()
 		return nil, fmt.Errorf("fastudp %s: %w; output: %s", strings.Join(args, " "), err, out.String())
 	}
@@ -107,16 +114,29 @@ func (Nginx) Name() string { return "nginx" }
 // ErrMissing reports that a peer is not installed.
 var ErrMissing = errors.New("not installed")
 
+// nginxStreamModule is where Debian's libnginx-mod-stream puts the module
+// the start script loads.
+var nginxStreamModule = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+// lookPath finds a peer's binary on PATH, or returns an error wrapping
+// [ErrMissing] that names the apt packages to install.
+func lookPath(bin, aptPackages string) error {
+	if _, err := exec.LookPath(bin); err != nil {
+		return fmt.Errorf("%s: %w (apt-get install %s)", bin, ErrMissing, aptPackages)
+	}
+	return nil
+}
+
 // Check reports whether nginx and the script are available.
 func (n Nginx) Check() error {
 	if _, err := os.Stat(n.Script); err != nil {
 		return fmt.Errorf("nginx start script: %w", err)
 	}
-	if _, err := exec.LookPath("nginx"); err != nil {
-		return fmt.Errorf("nginx: %w (install the peers: bash ../shared/peers/install.sh)", ErrMissing)
+	if err := lookPath("nginx", "nginx libnginx-mod-stream"); err != nil {
+		return err
 	}
-	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_stream_module.so"); err != nil {
-		return fmt.Errorf("nginx stream module (libnginx-mod-stream): %w", ErrMissing)
+	if _, err := os.Stat(nginxStreamModule); err != nil {
+		return fmt.Errorf("nginx stream module %s: %w (apt-get install libnginx-mod-stream)", nginxStreamModule, ErrMissing)
 	}
 	return nil
 }
@@ -154,7 +174,7 @@ func (n Nginx) Start(backend netip.AddrPort, m Mode) (*Instance, error) {
 		}
 		return err
 	}
-	if err := WaitEcho(inst.Addr, startTimeout); err != nil {
+	if err := WaitReply(inst.Addr, m.probe(), startTimeout); err != nil {
 		inst.Stop()
 		return nil, fmt.Errorf("nginx: %w", err)
 	}
@@ -163,7 +183,11 @@ func (n Nginx) Start(backend netip.AddrPort, m Mode) (*Instance, error) {
 
 // nginxConfDir returns the script's temporary directory, from the
 // master's command line (nginx -c DIR/nginx.conf), if it is one.
-func nginxConfDir(pid int) string {
+func nginxConfDir(pid int) string { return scriptDir(pid, "-c", "/tmp/peer-nginx.") }
+
+// scriptDir returns the temporary directory a peer script made, from the
+// argument after flag on pid's command line, if it starts with prefix.
+func scriptDir(pid int, flag, prefix string) string {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
 	if err != nil {
 		return ""
@@ -172,9 +196,9 @@ func nginxConfDir(pid int) string {
 	// so the arguments may be one string separated by spaces.
 	args := strings.Fields(strings.ReplaceAll(string(b), "\x00", " "))
 	for i, a := range args {
-		if a == "-c" && i+1 < len(args) {
+		if a == flag && i+1 < len(args) {
 			dir := filepath.Dir(args[i+1])
-			if strings.HasPrefix(dir, "/tmp/peer-nginx.") {
+			if strings.HasPrefix(dir, prefix) {
 				return dir
 			}
 		}

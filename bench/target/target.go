@@ -26,6 +26,16 @@ type Mode struct {
 	// DNS-style request/response (every request a new flow), 0 for
 	// long-lived flows.
 	Responses int
+	// Probe is the datagram sent to check that the target and its backend
+	// answer (default "probe"; a DNS query in front of a DNS server).
+	Probe []byte
+}
+
+func (m Mode) probe() []byte {
+	if len(m.Probe) == 0 {
+		return []byte("probe")
+	}
+	return m.Probe
 }
 
 // Target is a system under test.
@@ -107,15 +117,20 @@ var loopback = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 // for up to timeout: the target is up and its backend answers. Through a
 // proxy the probe opens one flow of its own.
 func WaitEcho(addr netip.AddrPort, timeout time.Duration) error {
+	return WaitReply(addr, []byte("probe"), timeout)
+}
+
+// WaitReply is [WaitEcho] with the given probe datagram.
+func WaitReply(addr netip.AddrPort, probe []byte, timeout time.Duration) error {
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	buf := make([]byte, 64)
+	buf := make([]byte, 4096)
 	var lastErr error
 	for end := time.Now().Add(timeout); time.Now().Before(end); {
-		if _, err := c.Write([]byte("probe")); err != nil {
+		if _, err := c.Write(probe); err != nil {
 			lastErr = err // ECONNREFUSED until the port is bound
 		}
 		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
