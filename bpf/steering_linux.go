@@ -254,3 +254,9 @@ func (s *Steering) Close() error {
 func SetIncomingCPU(fd, cpu int) error {
 	return os.NewSyscallError("setsockopt SO_INCOMING_CPU", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_INCOMING_CPU, cpu))
 }
+
+// Detach removes the program from fd's SO_REUSEPORT group (the kernel's hash
+// chooses again). It returns ENOENT when the group has no program.
+func Detach(fd int) error {
+	return os.NewSyscallError("setsockopt SO_DETACH_REUSEPORT_BPF", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF, 0))
+}

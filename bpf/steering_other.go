@@ -48,3 +48,6 @@ func (s *Steering) Close() error { return nil }
 
 // SetIncomingCPU is not supported.
 func SetIncomingCPU(fd, cpu int) error { return ErrNotSupported }
+
+// Detach is not supported.
+func Detach(fd int) error { return ErrNotSupported }

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/fastudp/fastudp/batchio"
+	"github.com/fastudp/fastudp/bpf"
 	"github.com/fastudp/fastudp/core"
 )
 
@@ -37,6 +39,9 @@ type GroupOptions struct {
 	Logger, AccessLog                  *slog.Logger
 	// PinCPUs pins shard i to CPU i modulo the CPUs the process may use.
 	PinCPUs bool
+	// Steering chooses each listener's shard per datagram (an eBPF
+	// program); the zero value leaves it to the kernel's hash.
+	Steering SteeringOptions
 }
 
 // Group runs the shards of one proxy process.
@@ -44,6 +49,11 @@ type Group struct {
 	shards []*Shard
 	addrs  []netip.AddrPort
 	errc   chan error
+
+	steering SteeringStatus
+	// steerMu guards progs, which Wait closes while metrics may read them.
+	steerMu sync.Mutex
+	progs   []*bpf.Steering // per listener; nil without a program
 }
 
 // NewGroup binds every listener once per shard and creates the shards. On
@@ -83,6 +93,7 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			g.addrs[li] = netip.AddrPortFrom(g.addrs[li].Addr(), p)
 		}
 	}
+	lfds := make([][]int, len(o.Listeners)) // listener → shard → socket, for steering
 	for si := 0; si < o.Shards; si++ {
 		fds := make([]int, 0, len(o.Listeners))
 		for li, l := range o.Listeners {
@@ -120,6 +131,12 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			return fail(err, fds)
 		}
 		g.shards = append(g.shards, s)
+		for li, fd := range fds {
+			lfds[li] = append(lfds[li], fd)
+		}
+	}
+	if err := g.startSteering(o, lfds, cpus); err != nil {
+		return fail(err, nil)
 	}
 	return g, nil
 }
@@ -154,6 +171,7 @@ func reservePort(a netip.Addr) (uint16, error) {
 }
 
 func (g *Group) close() {
+	g.closeSteering()
 	for _, s := range g.shards {
 		s.closeAll()
 	}
@@ -196,5 +214,6 @@ func (g *Group) Wait() error {
 			errs = append(errs, err)
 		}
 	}
+	g.closeSteering()
 	return errors.Join(errs...)
 }
