@@ -99,6 +99,14 @@ type Config struct {
 	GracePeriod time.Duration
 	// CPUPinning pins shard i to CPU i (modulo the CPUs the process may use).
 	CPUPinning bool
+	// Steering chooses how each listener's datagrams are spread over the
+	// shards: the kernel's SO_REUSEPORT hash, or an eBPF program (bpf/).
+	Steering Steering
+	// SteeringKey is what [SteeringHash] hashes.
+	SteeringKey SteeringKey
+	// SteeringPin is a directory on bpffs where the steering maps are
+	// pinned (one subdirectory per listener); "" pins nothing.
+	SteeringPin string
 
 	Listeners []Listener
 	Clusters  []Cluster
@@ -228,6 +236,71 @@ func ParseLB(s string) (LB, error) {
 		}
 	}
 	return 0, fmt.Errorf("lb %q: want maglev or hrw", s)
+}
+
+// Steering chooses who picks a datagram's shard.
+type Steering uint8
+
+// Steering modes.
+const (
+	// SteeringKernel leaves it to the kernel's SO_REUSEPORT hash of the
+	// 4-tuple (no eBPF).
+	SteeringKernel Steering = iota
+	// SteeringHash picks shard = AffinityHash(seed, key) mod shards in an
+	// eBPF program, stable across restarts.
+	SteeringHash
+	// SteeringCPU picks the shard of the CPU that received the datagram.
+	SteeringCPU
+)
+
+var steeringNames = [...]string{SteeringKernel: "kernel", SteeringHash: "hash", SteeringCPU: "cpu"}
+
+func (s Steering) String() string {
+	if int(s) < len(steeringNames) {
+		return steeringNames[s]
+	}
+	return fmt.Sprintf("steering(%d)", uint8(s))
+}
+
+// ParseSteering parses "kernel", "hash" or "cpu".
+func ParseSteering(s string) (Steering, error) {
+	for i, n := range steeringNames {
+		if s == n {
+			return Steering(i), nil
+		}
+	}
+	return 0, fmt.Errorf("steering %q: want kernel, hash or cpu", s)
+}
+
+// SteeringKey is what hash steering hashes.
+type SteeringKey uint8
+
+// Steering keys.
+const (
+	// SteeringKeyFlow hashes the client IP and port: flows spread.
+	SteeringKeyFlow SteeringKey = iota
+	// SteeringKeyIP hashes the client IP: all of a client's ports share a
+	// shard.
+	SteeringKeyIP
+)
+
+var steeringKeyNames = [...]string{SteeringKeyFlow: "flow", SteeringKeyIP: "ip"}
+
+func (k SteeringKey) String() string {
+	if int(k) < len(steeringKeyNames) {
+		return steeringKeyNames[k]
+	}
+	return fmt.Sprintf("steeringkey(%d)", uint8(k))
+}
+
+// ParseSteeringKey parses "flow" or "ip".
+func ParseSteeringKey(s string) (SteeringKey, error) {
+	for i, n := range steeringKeyNames {
+		if s == n {
+			return SteeringKey(i), nil
+		}
+	}
+	return 0, fmt.Errorf("steering key %q: want flow or ip", s)
 }
 
 // LogFormat chooses how log/slog writes records.

@@ -39,6 +39,9 @@ func exampleConfig() Config {
 		AccessLog:   "stdout",
 		GracePeriod: 15 * time.Second,
 		CPUPinning:  false,
+		Steering:    SteeringHash,
+		SteeringKey: SteeringKeyIP,
+		SteeringPin: "",
 		Listeners: []Listener{
 			{Name: "dns", Address: netip.MustParseAddrPort("0.0.0.0:5353"), Cluster: "dns"},
 			{Name: "quic", Address: netip.MustParseAddrPort("[::]:4433"), Cluster: "quic",
@@ -126,6 +129,7 @@ func TestRoundTrip(t *testing.T) {
 				c.Seed = 1<<64 - 1
 				c.SocketSendBuffer = 1000
 				c.AccessLog = "/var/log/a \"quoted\"\tname\x01\\é.log"
+				c.Steering, c.SteeringKey, c.SteeringPin = SteeringCPU, SteeringKeyIP, "/sys/fs/bpf/fast udp"
 			}
 			text, err := c.MarshalTOML()
 			if err != nil {
@@ -189,6 +193,9 @@ func TestDefaults(t *testing.T) {
 		{"log_level", d.LogLevel, slog.LevelInfo},
 		{"log_format", d.LogFormat, LogText},
 		{"grace_period", d.GracePeriod, 10 * time.Second},
+		{"steering", d.Steering, SteeringKernel},
+		{"steering_key", d.SteeringKey, SteeringKeyFlow},
+		{"steering_pin", d.SteeringPin, ""},
 		{"lb", cl.LB, LBMaglev},
 		{"affinity", cl.Affinity, core.AffinityIP},
 		{"front_timeout", cl.FrontTimeout, 30 * time.Second},
@@ -289,6 +296,10 @@ func TestParseErrors(t *testing.T) {
 		{"metrics-host", `metrics = "localhost:9100"`, ""},
 		{"log-format", `log_format = "xml"`, `t.toml:1: key "log_format": "xml" is not valid, want text or json`},
 		{"grace-negative", `grace_period = "-1s"`, `t.toml:1: key "grace_period": -1s is negative`},
+		{"steering", `steering = "ebpf"`, `t.toml:1: key "steering": "ebpf" is not valid, want kernel, hash or cpu`},
+		{"steering-key", `steering_key = "port"`, `t.toml:1: key "steering_key": "port" is not valid, want flow or ip`},
+		{"steering-pin-relative", `steering_pin = "bpf/fastudp"`, `t.toml:1: key "steering_pin": "bpf/fastudp" is not an absolute path`},
+		{"steering-pin", `steering_pin = "/sys/fs/bpf/fastudp"`, ""},
 		{"shards", `shards = 5000`, `t.toml:1: key "shards": 5000 is outside 0..1024`},
 		{"max-flows-zero", `max_flows = 0`, `t.toml:1: key "max_flows": 0 is outside 1..268435456`},
 		{"date", `shards = 1979-05-27`, `t.toml:1: key "shards": a date or time was given, want an integer`},

@@ -31,6 +31,8 @@ type Flags struct {
 	Seed          string   // --seed N
 	Metrics       string   // --metrics ADDR
 	LogLevel      string   // --log-level LEVEL
+	Steering      string   // --steering kernel|hash|cpu
+	SteeringKey   string   // --steering-key flow|ip
 }
 
 // Register defines the quick-start flags on fs, storing into f.
@@ -50,6 +52,8 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Seed, "seed", "", "affinity hash seed `N`, decimal or 0x hex (default 0x66617374756470)")
 	fs.StringVar(&f.Metrics, "metrics", "", "serve Prometheus /metrics on `ADDR` (host:port; default off)")
 	fs.StringVar(&f.LogLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default info)")
+	fs.StringVar(&f.Steering, "steering", "", "choose each datagram's shard by `MODE`: kernel (SO_REUSEPORT hash), hash or cpu (eBPF; needs CAP_BPF) (default kernel)")
+	fs.StringVar(&f.SteeringKey, "steering-key", "", "what hash steering hashes: `KEY` flow (client IP and port) or ip (default flow)")
 }
 
 // flagSpec ties a quick-start flag to the config key it sets.
@@ -73,6 +77,8 @@ var flagSpecs = []flagSpec{
 	{"seed", []string{"seed"}, func(f *Flags) string { return f.Seed }, false},
 	{"metrics", []string{"metrics"}, func(f *Flags) string { return f.Metrics }, false},
 	{"log-level", []string{"log_level"}, func(f *Flags) string { return f.LogLevel }, false},
+	{"steering", []string{"steering"}, func(f *Flags) string { return f.Steering }, false},
+	{"steering-key", []string{"steering_key"}, func(f *Flags) string { return f.SteeringKey }, false},
 }
 
 // Given returns the quick-start flags that were given, as "--name", so the

@@ -29,9 +29,10 @@ func TestFlags(t *testing.T) {
 	f := parseFlags(t, "--listen", "127.0.0.1:53", "--backend", "10.0.0.1:53", "--backend", "[2001:db8::1]:53",
 		"--responses", "1", "--requests", "2", "--idle-timeout", "5s", "--max-flows", "1000",
 		"--affinity", "ip-port", "--proxy-protocol", "every", "--shards", "2", "--seed", "0x10",
-		"--metrics", ":9100", "--log-level", "debug")
+		"--metrics", ":9100", "--log-level", "debug", "--steering", "cpu", "--steering-key", "ip")
 	if got, want := f.Given(), []string{"--listen", "--backend", "--responses", "--requests", "--idle-timeout",
-		"--max-flows", "--affinity", "--proxy-protocol", "--shards", "--seed", "--metrics", "--log-level"}; !reflect.DeepEqual(got, want) {
+		"--max-flows", "--affinity", "--proxy-protocol", "--shards", "--seed", "--metrics", "--log-level",
+		"--steering", "--steering-key"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Given = %v, want %v", got, want)
 	}
 	c, err := f.Config()
@@ -40,6 +41,7 @@ func TestFlags(t *testing.T) {
 	}
 	want := Default()
 	want.Shards, want.Seed, want.MaxFlows, want.Metrics, want.LogLevel = 2, 0x10, 1000, ":9100", -4
+	want.Steering, want.SteeringKey = SteeringCPU, SteeringKeyIP
 	cl := NewCluster("default")
 	cl.Affinity, cl.ProxyProtocol, cl.Responses, cl.Requests = core.AffinityIPPort, core.ProxyEvery, 1, 2
 	cl.FrontTimeout, cl.BackTimeout = 5*time.Second, 5*time.Second
@@ -89,6 +91,8 @@ func TestFlagErrors(t *testing.T) {
 		{"seed", append(ok, "--seed", "-2"), `--seed: "-2" is not a 64-bit unsigned integer`},
 		{"metrics", append(ok, "--metrics", "9100"), `--metrics: "9100" is not a host:port listen address`},
 		{"log-level", append(ok, "--log-level", "loud"), `--log-level: "loud" is not valid, want debug, info, warn or error`},
+		{"steering", append(ok, "--steering", "bpf"), `--steering: "bpf" is not valid, want kernel, hash or cpu`},
+		{"steering-key", append(ok, "--steering-key", "ip-port"), `--steering-key: "ip-port" is not valid, want flow or ip`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseFlags(t, tc.args...).Config()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -40,6 +41,15 @@ func (c *Config) Validate() error {
 	}
 	if c.GracePeriod < 0 {
 		v.fail("grace_period", "", "grace_period", "%v is negative", c.GracePeriod)
+	}
+	if c.Steering > SteeringCPU {
+		v.fail("steering", "", "steering", "%v is not valid, want kernel, hash or cpu", c.Steering)
+	}
+	if c.SteeringKey > SteeringKeyIP {
+		v.fail("steering_key", "", "steering_key", "%v is not valid, want flow or ip", c.SteeringKey)
+	}
+	if c.SteeringPin != "" && !filepath.IsAbs(c.SteeringPin) {
+		v.fail("steering_pin", "", "steering_pin", "%q is not an absolute path (a directory on bpffs, such as \"/sys/fs/bpf/fastudp\")", c.SteeringPin)
 	}
 
 	if len(c.Listeners) == 0 {
