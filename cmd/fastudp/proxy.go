@@ -19,6 +19,7 @@ import (
 	"github.com/fastudp/fastudp/balance"
 	"github.com/fastudp/fastudp/batchio"
 	"github.com/fastudp/fastudp/batchio/shard"
+	"github.com/fastudp/fastudp/bpf"
 	"github.com/fastudp/fastudp/config"
 	"github.com/fastudp/fastudp/core"
 )
@@ -74,6 +75,7 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		Logger:    log,
 		AccessLog: accessLog,
 		PinCPUs:   cfg.CPUPinning,
+		Steering:  steeringOptions(cfg),
 	})
 	if err != nil {
 		p.closeAccess()
@@ -83,6 +85,11 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 	p.registry = prometheus.NewRegistry()
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.registry.MustRegister(shard.NewCollector(g.Shards(), picker.listenerLabels(cfg), picker.backendLabels))
+	names := make([]string, len(cfg.Listeners))
+	for i, l := range cfg.Listeners {
+		names[i] = l.Name
+	}
+	p.registry.MustRegister(shard.NewSteeringCollector(g, names))
 	if cfg.Metrics != "" {
 		ln, err := net.Listen("tcp", cfg.Metrics)
 		if err != nil {
@@ -99,6 +106,7 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 			}
 		}()
 	}
+	logSteering(log, g.Steering())
 	g.Start(ctx)
 	for i, a := range g.Addrs() {
 		log.Info("listening", "listener", cfg.Listeners[i].Name, "address", a, "cluster", cfg.Listeners[i].Cluster, "shards", shards)
@@ -107,6 +115,43 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		log.Info("metrics", "address", "http://"+p.metricsL.Addr().String()+"/metrics")
 	}
 	return p, nil
+}
+
+// steeringOptions maps the config's steering keys to the group's.
+func steeringOptions(cfg *config.Config) shard.SteeringOptions {
+	so := shard.SteeringOptions{Mode: bpf.ModeKernel, Key: bpf.KeyFlow, Seed: cfg.Seed, PinPath: cfg.SteeringPin}
+	switch cfg.Steering {
+	case config.SteeringHash:
+		so.Mode = bpf.ModeHash
+	case config.SteeringCPU:
+		so.Mode = bpf.ModeCPU
+	}
+	if cfg.SteeringKey == config.SteeringKeyIP {
+		so.Key = bpf.KeyIP
+	}
+	return so
+}
+
+// logSteering says how datagrams reach shards and, when the eBPF program
+// could not be used, why and what is used instead.
+func logSteering(log *slog.Logger, st shard.SteeringStatus) {
+	if st.Fallback == nil {
+		log.Info("steering", "mode", st.Requested.String(), "key", st.Key.String(), "active", st.Active)
+		return
+	}
+	instead := "the kernel's SO_REUSEPORT hash"
+	if st.Active == shard.SteeringActiveIncomingCPU {
+		instead = "SO_INCOMING_CPU on each shard socket (the kernel prefers the receiving CPU's shard)"
+	}
+	msg := "steering: cannot use the eBPF program; falling back to " + instead
+	if errors.Is(st.Fallback, bpf.ErrPermission) {
+		msg = "steering: no permission to load the eBPF program: missing capability CAP_BPF (or CAP_SYS_ADMIN on kernels before 5.8); falling back to " + instead
+	}
+	args := []any{"mode", st.Requested.String(), "active", st.Active, "err", st.Fallback}
+	if st.FallbackAlso != nil {
+		args = append(args, "fallback_err", st.FallbackAlso)
+	}
+	log.Warn(msg, args...)
 }
 
 // addrs returns the bound listener addresses.
