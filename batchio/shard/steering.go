@@ -62,6 +62,17 @@ func shardCPUs(shards int, cpus []int) []int {
 	return out
 }
 
+// pinDir returns the directory name of a listener's pins: its name, which
+// config allows only letters, digits, '.', '_' and '-', so only "." and ".."
+// (and "", for listeners built in code) need another spelling.
+func pinDir(name string) string {
+	switch name {
+	case "", ".", "..":
+		return "_" + name
+	}
+	return name
+}
+
 // startSteering loads and attaches one program per listener (lfds[l] holds
 // listener l's sockets, shard by shard). Without permission to use BPF, or
 // on a kernel without what the program needs, it falls back (kernel hash,
@@ -77,7 +88,7 @@ func (g *Group) startSteering(o GroupOptions, lfds [][]int, cpus []int) error {
 	for li, fds := range lfds {
 		bo := bpf.Options{Mode: so.Mode, Key: so.Key, Seed: so.Seed, Shards: o.Shards, CPUs: pinned}
 		if so.PinPath != "" {
-			bo.PinPath = filepath.Join(so.PinPath, o.Listeners[li].Name)
+			bo.PinPath = filepath.Join(so.PinPath, pinDir(o.Listeners[li].Name))
 		}
 		s, err := bpf.Load(bo)
 		if err == nil {
