@@ -385,11 +385,20 @@ func (g *Generator) sendOn(b *batchio.Batch, c int, msgs []batchio.Message, p in
 	}
 }
 
-// openSender sends on schedule: by time t, Rate*t requests in all. Request
-// k (from 0) is due at (k+1)/Rate and carries that time, so if the sender
-// falls behind (descheduled, or a full socket buffer) the delay counts in
-// the round trip; it then sends the backlog without sleeping, up to one
-// batch per socket per round.
+// scheduledAt returns when request k (from 1) is planned to leave: it is
+// due at k/Rate, and the sender plans to send what is due at each tick
+// boundary, so the first multiple of tick at or after the due time.
+func scheduledAt(k uint64, nsPer float64, tick int64) int64 {
+	due := int64(float64(k) * nsPer)
+	return (due + tick - 1) / tick * tick
+}
+
+// openSender sends on schedule: by time t, Rate*t requests in all, sent
+// at tick boundaries. Each request carries the boundary it was planned
+// for (see scheduledAt), not the time it left, so if the sender falls
+// behind (descheduled, or a full socket buffer) the delay counts in the
+// round trip; it then sends the backlog without sleeping, up to one batch
+// per socket per round.
 //
 // It sleeps with nanosleep on a locked thread, which keeps the tick close
 // to Config.Tick (Go's timers round short sleeps up to a millisecond).
@@ -410,7 +419,7 @@ func (g *Generator) openSender() {
 	var total uint64 // requests scheduled and handled so far (sent or failed)
 	cursor := 0
 	tick := int64(g.cfg.Tick)
-	next := tick
+	next := tick // the next boundary, ns since the epoch
 	for !g.stopping.Load() {
 		now := g.now()
 		var due uint64
@@ -431,7 +440,7 @@ func (g *Generator) openSender() {
 			c := (cursor + j) % conns
 			for i := range n {
 				k++
-				sentNs := int64(float64(k) * nsPer)
+				sentNs := scheduledAt(k, nsPer, tick)
 				g.nextSeq++
 				var id uint16
 				if g.dnsOut != nil {
@@ -451,13 +460,13 @@ func (g *Generator) openSender() {
 		if uint64(g.cfg.Rate*float64(g.now())/1e9) > total {
 			continue // backlog: send it now
 		}
-		if now := g.now(); next > now {
-			ts := unix.NsecToTimespec(next - now)
-			_ = unix.Nanosleep(&ts, nil)
-			next += tick
-		} else {
-			next = now + tick
+		now = g.now()
+		if next <= now {
+			next = (now/tick + 1) * tick // late: the next boundary from now
 		}
+		ts := unix.NsecToTimespec(next - now)
+		_ = unix.Nanosleep(&ts, nil)
+		next += tick
 	}
 }
 

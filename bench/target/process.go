@@ -28,6 +28,33 @@ type Fastudp struct {
 	// benchmark can read the Go collector's allocation counters.
 	Metrics bool
 	Args    []string // extra flags for `fastudp run`
+	// TOML, if set, runs fastudp from a config file instead of the
+	// quick-start flags: these top-level keys (such as upstream_sources,
+	// which has no flag), then the listener and a cluster with the one
+	// backend that Start is given. Args are then ignored.
+	TOML string
+}
+
+// configFile writes the config for TOML mode and returns its path.
+func (f Fastudp) configFile(addr, backend netip.AddrPort, m Mode, metrics string) (string, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "shards = %d\nlog_level = \"warn\"\n", f.Shards)
+	if metrics != "" {
+		fmt.Fprintf(&b, "metrics = %q\n", metrics)
+	}
+	b.WriteString(f.TOML)
+	fmt.Fprintf(&b, "\n[[listener]]\nname = \"bench\"\naddress = %q\ncluster = \"bench\"\n", addr)
+	fmt.Fprintf(&b, "\n[[cluster]]\nname = \"bench\"\nresponses = %d\n\n  [[cluster.backend]]\n  address = %q\n", m.Responses, backend)
+	file, err := os.CreateTemp("", "fastudp-bench-*.toml")
+	if err != nil {
+		return "", err
+	}
+	defer file.Close()
+	if _, err := file.WriteString(b.String()); err != nil {
+		os.Remove(file.Name())
+		return "", err
+	}
+	return file.Name(), nil
 }
 
 // Name implements Target.
@@ -58,6 +85,17 @@ func (f Fastudp) Start(backend netip.AddrPort, m Mode) (*Instance, error) {
 		inst.Metrics = "http://" + maddr + "/metrics"
 	}
 	args = append(args, f.Args...)
+	var confFile string
+	if f.TOML != "" {
+		metrics := ""
+		if inst.Metrics != "" {
+			metrics = strings.TrimSuffix(strings.TrimPrefix(inst.Metrics, "http://"), "/metrics")
+		}
+		if confFile, err = f.configFile(addr, backend, m, metrics); err != nil {
+			return nil, err
+		}
+		args = []string{"run", "--config", confFile}
+	}
 	cmd := exec.Command(f.Bin, args...)
 	var out limitedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -71,6 +109,9 @@ func (f Fastudp) Start(backend netip.AddrPort, m Mode) (*Instance, error) {
 	inst.stop = func() error {
 		_ = syscall.Kill(-inst.PID, syscall.SIGKILL) // the whole process group
 		<-exited
+		if confFile != "" {
+			os.Remove(confFile)
+		}
 		return nil
 	}
 	if err := WaitReply(addr, m.probe(), startTimeout); err != nil {

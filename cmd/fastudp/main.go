@@ -7,6 +7,7 @@
 //	fastudp run --config FILE
 //	fastudp run --listen ADDR --backend ADDR [--backend ADDR ...] [flags]
 //	fastudp demo [--duration D]
+//	fastudp bench [SCENARIO...] [--targets fastudp,floor,nginx,...] [--duration D] [--runs N] [--out DIR]
 //	fastudp version
 //
 // It needs Linux (epoll, recvmmsg, IP_PKTINFO); any 5.x or 6.x kernel will do.
@@ -37,6 +38,7 @@ Usage:
   fastudp run --config FILE                       run with a TOML config
   fastudp run --listen ADDR --backend ADDR ...    run without a file (quick start)
   fastudp demo [--duration D]                     run a self-contained demo on loopback
+  fastudp bench [SCENARIO...] [--targets T,...]   benchmark fastudp against its peers (bench -h)
   fastudp version                                 print the version
 
 Run "fastudp run -h" for every flag; docs/configuration.md describes the file.
@@ -57,6 +59,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = runCommand(args[1:], stdout, stderr)
 	case "demo":
 		err = demoCommand(args[1:], stdout, stderr)
+	case "bench":
+		err = benchCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "fastudp", version)
 	case "help", "-h", "--help":
