@@ -9,7 +9,7 @@ FUZZTIME ?= 10s
 BENCHTIME ?= 1s
 BENCHCOUNT ?= 3
 
-.PHONY: build demo test lint vet fmt-check unit race fuzz fuzz-smoke bench clean
+.PHONY: build demo test lint vet fmt-check unit race fuzz fuzz-smoke bench bench-core bench-core-short clean
 
 build:
 	$(GO) build -o bin/fastudp ./cmd/fastudp
@@ -49,10 +49,22 @@ fuzz-smoke:
 fuzz:
 	$(MAKE) fuzz-smoke FUZZTIME=$(or $(FUZZTIME_LONG),2m)
 
-## bench: core benchmarks, -benchmem, BENCHCOUNT runs of BENCHTIME each (bench/RESULTS.md
-## records the figures; add -short via BENCHFLAGS=-short to skip the 1M-flow cases).
-bench:
+## bench: the core benchmarks briefly, then `fastudp bench` with every scenario
+## and target (under 10 minutes on the 2-core machine; report, results.json and
+## SVG charts in bench-out/). BENCHARGS changes the run, e.g.
+## BENCHARGS="small-pps dns-qps --targets fastudp,floor,nginx --runs 5".
+BENCHARGS ?= --duration 2s --runs 3 --out bench-out
+bench: bench-core-short build
+	./bin/fastudp bench $(BENCHARGS)
+
+## bench-core: the core benchmarks in full, -benchmem, BENCHCOUNT runs of BENCHTIME
+## each (bench/RESULTS.md records the figures; BENCHFLAGS=-short skips the
+## 1M-flow cases).
+bench-core:
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) $(BENCHFLAGS) ./core/...
+
+bench-core-short:
+	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=200ms -count=1 -short ./core/...
 
 clean:
 	rm -rf bin

@@ -94,8 +94,9 @@ var extraCols = map[string][]extraCol{
 	"bulk-gso": {{"MB/s", "", "%.1f", 0}},
 	"latency":  {{"max req/s", "max_rate", "%.0f", 1}, {"offered req/s", "offered_rate", "%.0f", 1}},
 	"many-flows": {{"flows live", "flows", "%.0f", 1}, {"RSS B/flow", "rss_bytes_per_flow", "%.0f", 1},
-		{"RSS MiB/100k flows", "rss_mib_per_100k", "%.1f", 1}, {"kernel UDP MiB/100k", "kernel_mib_per_100k", "%.1f", 1},
-		{"UDP sockets/flow", "udp_sockets_per_flow", "%.2f", 1}, {"CPU µs/new flow", "cpu_us_per_new_flow", "%.1f", 1}},
+		{"RSS MiB/100k flows", "rss_mib_per_100k", "%.1f", 1}, {"kernel UDP memory MiB/100k (sockstat)", "kernel_mib_per_100k", "%.1f", 1},
+		{"UDP sockets/flow", "udp_sockets_per_flow", "%.2f", 1}, {"CPU µs/new flow", "cpu_us_per_new_flow", "%.1f", 1},
+		{"open-file limit", "nofile_limit", "%.0f", 1}},
 	"new-flow-flood": {{"flood sent", "flood_sent", "%.0f", 1}, {"flood served", "flood_served", "%.0f", 1},
 		{"shed", "shed", "%.0f", 1}, {"flows created", "created", "%.0f", 1}, {"established loss %", "established_loss", "%.3f", 100}},
 }
@@ -108,6 +109,14 @@ func fmtStat(s stat, format string) string {
 		return "—"
 	}
 	return fmt.Sprintf(format, s.med)
+}
+
+// fmtRTT is fmtStat for latencies: 0 means not measured.
+func fmtRTT(s stat) string {
+	if math.IsNaN(s.med) || s.med == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f", s.med)
 }
 
 func markdown(res *Result) string {
@@ -204,9 +213,9 @@ func markdown(res *Result) string {
 				fmtStat(t.col(s, tg, func(m Measurement) float64 { return m.Rate }), "%.0f"),
 				fmtStat(t.col(s, tg, func(m Measurement) float64 { return 100 * m.Loss }), "%.3f"),
 				cpuS,
-				fmtStat(t.col(s, tg, func(m Measurement) float64 { return m.P50 }), "%.0f"),
-				fmtStat(t.col(s, tg, func(m Measurement) float64 { return m.P99 }), "%.0f"),
-				fmtStat(t.col(s, tg, func(m Measurement) float64 { return m.P999 }), "%.0f"))
+				fmtRTT(t.col(s, tg, func(m Measurement) float64 { return m.P50 })),
+				fmtRTT(t.col(s, tg, func(m Measurement) float64 { return m.P99 })),
+				fmtRTT(t.col(s, tg, func(m Measurement) float64 { return m.P999 })))
 			for _, c := range cols {
 				if c.key == "" { // bytes per second
 					p(" %s |", fmtStat(t.col(s, tg, func(m Measurement) float64 { return m.BytesSec / 1e6 }), c.format))
