@@ -61,6 +61,9 @@ type Options struct {
 	// 50000) and FloodMaxFlows fastudp's max_flows in it (default 1000).
 	FloodRate     float64
 	FloodMaxFlows int
+	// FastudpArgs are extra `fastudp run` flags for the fastudp targets
+	// (modes such as --affinity ip-port or --proxy-protocol every).
+	FastudpArgs []string
 	// Command is the command line to print in the report.
 	Command string
 
@@ -305,7 +308,7 @@ func (h *harness) targets() ([]target.Target, []string, error) {
 				}
 				shards = n
 			}
-			tg = target.Fastudp{Bin: h.o.Bin, Shards: shards, Metrics: true, Label: name}
+			tg = target.Fastudp{Bin: h.o.Bin, Shards: shards, Metrics: true, Label: name, Args: h.o.FastudpArgs}
 		default:
 			return nil, nil, fmt.Errorf("bench: unknown target %q (have fastudp, fastudp-N, floor, nginx, dnsdist, socat, direct)", name)
 		}

@@ -237,6 +237,9 @@ func markdown(res *Result) string {
 				fmtStat(t.col(s, tg, func(m Measurement) float64 { return 100 * m.OtherBusy }), "%.0f"))
 		}
 		p("\n")
+		if s == "latency" {
+			addedLatency(&b, t)
+		}
 	}
 	var failed []string
 	for _, m := range res.Measurements {
@@ -279,4 +282,46 @@ func writeOutputs(dir string, res *Result, report string) error {
 		}
 	}
 	return nil
+}
+
+// addedLatency writes the latency each hop adds over direct at the same
+// rate, and that added latency over the floor's (goal R3: ≤ 1.3× at p50,
+// ≤ 1.5× at p99).
+func addedLatency(b *strings.Builder, t *table) {
+	get := func(k string) func(Measurement) float64 {
+		return func(m Measurement) float64 {
+			if v, ok := m.Extra[k]; ok {
+				return v
+			}
+			return math.NaN()
+		}
+	}
+	ratio := func(tg, k string) string {
+		var xs []float64
+		for run, m := range t.byRun[[2]string{"latency", tg}] {
+			f, ok := t.byRun[[2]string{"latency", "floor"}][run]
+			if ok && f.Extra[k] > 0 && m.Extra[k] > 0 {
+				xs = append(xs, m.Extra[k]/f.Extra[k])
+			}
+		}
+		if len(xs) == 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%.2f", summarize(xs).med)
+	}
+	var rows []string
+	for _, tg := range t.targets {
+		a50 := t.col("latency", tg, get("added_p50"))
+		if tg == "direct" || math.IsNaN(a50.med) {
+			continue
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %.0f / %.0f | %.0f | %.0f | %s | %s |", tg,
+			t.col("latency", tg, get("base_p50")).med, t.col("latency", tg, get("base_p99")).med,
+			a50.med, t.col("latency", tg, get("added_p99")).med, ratio(tg, "added_p50"), ratio(tg, "added_p99")))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "Latency added by the hop: µs over the same load sent straight to the backend (direct p50 / p99 at that rate); ÷ floor is the median of per-run ratios of added latencies (only runs where both added latency count):\n\n")
+	fmt.Fprintf(b, "| target | direct at this rate p50 / p99 | added p50 | added p99 | ÷ floor p50 | ÷ floor p99 |\n|---|---:|---:|---:|---:|---:|\n%s\n\n", strings.Join(rows, "\n"))
 }

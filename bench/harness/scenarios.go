@@ -73,7 +73,7 @@ var scenarios = []*scenario{
 	},
 	{
 		name: "latency", title: "Latency at 50% load",
-		about:   "first the target's maximum: a closed loop of 64 sockets for 1 s; then an open loop at half that rate, every round trip timed from its scheduled send time; 64-byte payloads, echo backend",
+		about:   "first the target's maximum: a closed loop of 64 sockets for 1 s; then an open loop at half that rate, paced every 200 µs, every round trip timed from its scheduled send time; 64-byte payloads, echo backend; \"added\" is the target's percentile minus that of the same load sent straight to the backend right after (direct, at the target's rate), median over runs",
 		applies: func(n string) bool { return n != "dnsdist" },
 		measure: measureLatency,
 	},
@@ -182,16 +182,22 @@ func fill(m *Measurement, inst *target.Instance, s0, s1 snapshot, datagrams uint
 
 // startPair starts the backend and the target in front of it.
 func startPair(b backend, tg target.Target, mode target.Mode) (*target.Instance, func(), error) {
+	inst, _, stop, err := startPair2(b, tg, mode)
+	return inst, stop, err
+}
+
+// startPair2 is startPair that also returns the backend's address.
+func startPair2(b backend, tg target.Target, mode target.Mode) (*target.Instance, netip.AddrPort, func(), error) {
 	addr, stopB, err := b()
 	if err != nil {
-		return nil, nil, fmt.Errorf("backend: %w", err)
+		return nil, addr, nil, fmt.Errorf("backend: %w", err)
 	}
 	inst, err := tg.Start(addr, mode)
 	if err != nil {
 		stopB()
-		return nil, nil, err
+		return nil, addr, nil, err
 	}
-	return inst, func() { inst.Stop(); stopB() }, nil
+	return inst, addr, func() { inst.Stop(); stopB() }, nil
 }
 
 // simple runs cfg against tg in front of a fresh backend: warm-up in
@@ -254,12 +260,13 @@ func (h *harness) window(ctx context.Context, inst *target.Instance, cfg loadgen
 
 func measureLatency(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
 	var m Measurement
-	inst, stop, err := startPair(h.echo, tg, target.Mode{})
+	inst, backendAddr, stop, err := startPair2(h.echo, tg, target.Mode{})
 	if err != nil {
 		return m, err
 	}
 	defer stop()
-	cfg := loadgen.Config{Target: inst.Addr, Conns: 64, Sources: loadgen.LoopbackSources(16), Size: 64, Timeout: 500 * time.Millisecond}
+	cfg := loadgen.Config{Target: inst.Addr, Conns: 64, Sources: loadgen.LoopbackSources(16), Size: 64, Timeout: 500 * time.Millisecond,
+		Tick: 200 * time.Microsecond} // short bursts: queueing within a burst is not the hop's latency
 	probe, err := h.window(ctx, inst, cfg, min(h.o.Duration, time.Second))
 	if err != nil {
 		return m, fmt.Errorf("finding the maximum rate: %w", err)
@@ -269,7 +276,21 @@ func measureLatency(ctx context.Context, h *harness, tg target.Target) (Measurem
 	m, err = h.window(ctx, inst, cfg, h.o.Duration)
 	m.set("max_rate", maxRate)
 	m.set("offered_rate", cfg.Rate)
-	return m, err
+	if err != nil || inst.Addr == backendAddr {
+		return m, err
+	}
+	// The same load straight to the backend, right after: the latency the
+	// hop adds at this rate.
+	cfg.Target = backendAddr
+	base, err := h.window(ctx, &target.Instance{Addr: backendAddr}, cfg, min(h.o.Duration, time.Second))
+	if err != nil {
+		return m, fmt.Errorf("direct baseline: %w", err)
+	}
+	m.set("added_p50", m.P50-base.P50)
+	m.set("added_p99", m.P99-base.P99)
+	m.set("base_p50", base.P50)
+	m.set("base_p99", base.P99)
+	return m, nil
 }
 
 // fastudpWith returns tg with extra flags or config, if it is fastudp.

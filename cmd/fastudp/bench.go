@@ -67,6 +67,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.FloodMaxFlows, "flood-max-flows", 1000, "new-flow-flood: fastudp's --max-flows")
 	fs.StringVar(&o.DNSBackend, "dns-backend", "responder", "dns-qps backend: responder (built in) or knot")
 	fs.StringVar(&o.PeersDir, "peers", "", "`DIR` with the peers' start scripts and queries.txt (default ../shared/peers, then /work/shared/peers)")
+	fastudpArgs := fs.String("fastudp-args", "", "extra `FLAGS` for the fastudp targets' `fastudp run`, space-separated (e.g. \"--affinity ip-port\")")
 	fs.StringVar(&o.Bin, "bin", "", "fastudp binary for the fastudp and floor targets (default: this one)")
 	// Flags and scenario names may be mixed: parse, take one name, repeat.
 	rest := args
@@ -87,6 +88,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) error {
 		return &exitError{code: 2, err: errors.New("bench: --runs must be at least 1 and --duration at least 100ms")}
 	}
 	o.Targets = strings.Split(*targets, ",")
+	o.FastudpArgs = strings.Fields(*fastudpArgs)
 	if o.Bin == "" {
 		exe, err := os.Executable()
 		if err != nil {
