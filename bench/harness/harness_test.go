@@ -205,3 +205,22 @@ func TestOptions(t *testing.T) {
 	}
 
 }
+
+func TestReplot(t *testing.T) {
+	dir := t.TempDir()
+	res := fakeResult()
+	if err := writeOutputs(dir, res, "x"); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(dir, "cpu.svg"))
+	if err := Replot(dir, res.Options.Scenarios, res.Options.Targets); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "cpu.svg"))
+	if err != nil || countBars(t, string(b)) != 6 {
+		t.Errorf("replotted cpu.svg: %v\n%s", err, b)
+	}
+	if err := Replot(t.TempDir(), nil, nil); err == nil {
+		t.Error("replotted without results.json")
+	}
+}

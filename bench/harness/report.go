@@ -325,3 +325,29 @@ func addedLatency(b *strings.Builder, t *table) {
 	fmt.Fprintf(b, "Latency added by the hop: µs over the same load sent straight to the backend (direct p50 / p99 at that rate); ÷ floor is the median of per-run ratios of added latencies (only runs where both added latency count):\n\n")
 	fmt.Fprintf(b, "| target | direct at this rate p50 / p99 | added p50 | added p99 | ÷ floor p50 | ÷ floor p99 |\n|---|---:|---:|---:|---:|---:|\n%s\n\n", strings.Join(rows, "\n"))
 }
+
+// Replot rewrites the charts in dir from its results.json, for the given
+// scenario and target order (nil: the defaults), without running anything.
+func Replot(dir string, scenarios, targets []string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return err
+	}
+	var ms []Measurement
+	if err := json.Unmarshal(b, &ms); err != nil {
+		return fmt.Errorf("%s/results.json: %w", dir, err)
+	}
+	if len(scenarios) == 0 {
+		scenarios = DefaultScenarios
+	}
+	if len(targets) == 0 {
+		targets = DefaultTargets
+	}
+	t := newTable(&Result{Options: Options{Scenarios: scenarios, Targets: targets}, Measurements: ms})
+	for name, body := range map[string]string{"cpu.svg": cpuChart(t), "latency.svg": latencyChart(t)} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -20,7 +20,7 @@ func barChart(title, yLabel string, groups, series []string, values [][]float64,
 		barW, gap, height        = 16.0, 24.0, 300.0
 	)
 	groupW := float64(len(series))*barW + gap
-	width := left + right + math.Max(float64(len(groups))*groupW, 200)
+	width := left + right + math.Max(math.Max(float64(len(groups))*groupW, 600), 7.5*float64(len([]rune(title))))
 	total := top + height + bottom + 20*float64((len(series)+3)/4)
 	hi := 0.0
 	lo := math.Inf(1)

@@ -68,6 +68,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.DNSBackend, "dns-backend", "responder", "dns-qps backend: responder (built in) or knot")
 	fs.StringVar(&o.PeersDir, "peers", "", "`DIR` with the peers' start scripts and queries.txt (default ../shared/peers, then /work/shared/peers)")
 	fastudpArgs := fs.String("fastudp-args", "", "extra `FLAGS` for the fastudp targets' `fastudp run`, space-separated (e.g. \"--affinity ip-port\")")
+	replot := fs.String("replot", "", "only redraw the charts in `DIR` from its results.json (scenarios and --targets give the order)")
 	fs.StringVar(&o.Bin, "bin", "", "fastudp binary for the fastudp and floor targets (default: this one)")
 	// Flags and scenario names may be mixed: parse, take one name, repeat.
 	rest := args
@@ -83,6 +84,13 @@ func benchCommand(args []string, stdout, stderr io.Writer) error {
 		}
 		o.Scenarios = append(o.Scenarios, fs.Arg(0))
 		rest = fs.Args()[1:]
+	}
+	if *replot != "" {
+		var tgs []string
+		if *targets != strings.Join(harness.DefaultTargets, ",") {
+			tgs = strings.Split(*targets, ",")
+		}
+		return harness.Replot(*replot, o.Scenarios, tgs)
 	}
 	if o.Runs < 1 || o.Duration < 100*time.Millisecond {
 		return &exitError{code: 2, err: errors.New("bench: --runs must be at least 1 and --duration at least 100ms")}
