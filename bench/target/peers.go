@@ -9,6 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
+
+	"github.com/fastudp/fastudp/bench/proc"
 )
 
 // Checker is implemented by targets and backends that need software
@@ -61,15 +64,35 @@ func startProcess(name, bin string, args []string, addr netip.AddrPort, m Mode) 
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 	inst.stop = func() error {
+		kids, _ := proc.Descendants(inst.PID)        // socat's forks
 		_ = syscall.Kill(-inst.PID, syscall.SIGKILL) // the whole process group
 		<-exited
-		return nil
+		return waitGone(kids)
 	}
 	if err := WaitReply(addr, m.probe(), startTimeout); err != nil {
 		inst.Stop()
 		return nil, fmt.Errorf("%s %s: %w; output: %s", name, strings.Join(args, " "), err, out.String())
 	}
 	return inst, nil
+}
+
+// waitGone waits up to 2 s for the processes to exit (SIGKILL is
+// delivered asynchronously).
+func waitGone(pids []int) error {
+	for end := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		left := 0
+		for _, p := range pids {
+			if alive(p) {
+				left++
+			}
+		}
+		if left == 0 {
+			return nil
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("%d processes survived SIGKILL", left)
+		}
+	}
 }
 
 // runScript runs a peer start script that prints the PID of the process it

@@ -73,7 +73,7 @@ func dnsProbe(t *testing.T) []byte {
 
 // checkLifecycle checks that inst forwards probe-shaped traffic, is charged
 // CPU, and leaves no process behind after Stop.
-func checkLifecycle(t *testing.T, inst *Instance, cfg loadgen.Config) {
+func checkLifecycle(t *testing.T, inst *Instance, cfg loadgen.Config, maxLoss float64) {
 	t.Helper()
 	defer inst.Stop()
 	cfg.Target = inst.Addr
@@ -83,9 +83,9 @@ func checkLifecycle(t *testing.T, inst *Instance, cfg loadgen.Config) {
 	}
 	defer g.Close()
 	g.Start()
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	g.Stop(2 * time.Second)
-	if s := g.Stats(0); s.Received == 0 || s.Loss() > 0.01 {
+	if s := g.Stats(0); s.Received == 0 || s.Loss() > maxLoss {
 		t.Errorf("through the peer: %+v (loss %v)", s, s.Loss())
 	}
 	if _, err := inst.CPU(); err != nil {
@@ -115,7 +115,7 @@ func TestDnsdistLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := scriptDir(inst.PID, "-C", "/tmp/peer-dnsdist.")
-	checkLifecycle(t, inst, loadgen.Config{Conns: 4, DNS: loadgen.GenerateQueries(10), Timeout: time.Second})
+	checkLifecycle(t, inst, loadgen.Config{Conns: 4, DNS: loadgen.GenerateQueries(10), Timeout: time.Second}, 0.01)
 	if dir == "" {
 		t.Error("no config directory found")
 	} else if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
@@ -135,7 +135,10 @@ func TestSocatLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkLifecycle(t, inst, loadgen.Config{Conns: 4, Timeout: time.Second})
+	// socat loses the datagrams of other clients that arrive while it
+	// forks for a new one (its listening socket is handed to the child
+	// and reopened): a short timeout resends them.
+	checkLifecycle(t, inst, loadgen.Config{Conns: 4, Timeout: 50 * time.Millisecond}, 0.5)
 }
 
 func TestKnotLifecycle(t *testing.T) {
@@ -145,5 +148,5 @@ func TestKnotLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkLifecycle(t, inst, loadgen.Config{Conns: 4, DNS: loadgen.GenerateQueries(10), Timeout: time.Second})
+	checkLifecycle(t, inst, loadgen.Config{Conns: 4, DNS: loadgen.GenerateQueries(10), Timeout: time.Second}, 0.01)
 }
