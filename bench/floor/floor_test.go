@@ -32,6 +32,11 @@ func TestRelay(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, rate := range []float64{0, 5000} {
+			if responses == 1 && rate > 0 {
+				// The open loop may have two requests of one client in
+				// flight: the second reply comes after the flow closed.
+				continue
+			}
 			s := runLoad(t, loadgen.Config{Target: f.Addr(), Conns: 8, Sources: loadgen.LoopbackSources(3),
 				Rate: rate, Timeout: 5 * time.Second})
 			if s.Sent == 0 || s.Received != s.Sent || s.Loss() != 0 {
