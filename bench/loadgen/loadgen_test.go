@@ -360,16 +360,18 @@ func TestSourcesAndChurn(t *testing.T) {
 	ips, ports := map[netip.Addr]bool{}, map[netip.AddrPort]bool{}
 	buf := make([]byte, 100)
 	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for len(ports) < 20 {
+	for range 40 {
 		n, from, err := pc.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			t.Fatalf("%d sources seen: %v", len(ports), err)
 		}
-		if ports[from] {
-			t.Fatalf("source %v used twice", from)
-		}
 		ips[from.Addr()], ports[from] = true, true
 		pc.WriteToUDPAddrPort(buf[:n], from)
+	}
+	// The kernel picks ephemeral ports at random: a closed socket's port
+	// may, rarely, come back.
+	if len(ports) < 36 {
+		t.Errorf("%d distinct sources in 40 requests", len(ports))
 	}
 	if len(ips) != 4 {
 		t.Errorf("source addresses %v, want the 4 given", ips)
