@@ -28,7 +28,8 @@ func isFastudp(name string) bool { return name == "fastudp" || strings.HasPrefix
 
 func all(string) bool { return true }
 
-func notSocat(name string) bool { return name != "socat" && name != "dnsdist" }
+// churnTargets leaves out socat (a fork per new client) and dnsdist (DNS only).
+func churnTargets(name string) bool { return name != "socat" && name != "dnsdist" }
 
 var scenarios = []*scenario{
 	{
@@ -65,7 +66,7 @@ var scenarios = []*scenario{
 	{
 		name: "flow-churn", title: "Flow churn: a new flow per request",
 		about:   "closed loop, 32 client sockets, each closed and reopened (new source port) after every answer; proxies close each flow after one reply (responses 1)",
-		applies: notSocat,
+		applies: churnTargets,
 		measure: func(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
 			return h.simple(ctx, tg, h.echo, target.Mode{Responses: 1}, loadgen.Config{
 				Conns: 32, Sources: loadgen.LoopbackSources(8), Size: 64, Churn: true})

@@ -40,6 +40,9 @@ recvmmsg/sendmmsg forwarders), nginx, dnsdist, socat, direct (no proxy).
 Peers come from apt (nginx libnginx-mod-stream dnsdist socat knot); a
 missing one is skipped with a note, or is an error when CI=true.
 
+"fastudp bench floor relay|dns --listen ADDR --backend ADDR [--responses N]"
+runs one floor forwarder until killed; the benchmark starts it as a target.
+
 Flags:
 `
 
