@@ -1,9 +1,34 @@
-// Package gso will hold fastudp's UDP GSO/GRO support: encoding and decoding
-// of the UDP_SEGMENT and UDP_GRO control messages, splitting and coalescing
-// runs of equal-size datagrams, per-socket limits and feature detection.
+// Package gso holds the pure part of fastudp's UDP GSO/GRO support: the
+// per-send limits, splitting a run of equal-size datagrams into its
+// segments, and coalescing consecutive datagrams of a send batch into runs
+// that one UDP_SEGMENT send can carry. It makes no system calls; the
+// UDP_SEGMENT and UDP_GRO control messages themselves are built and parsed
+// by batchio (control_linux.go), which carries the segment size in
+// [batchio.Message.SegmentSize] both ways.
 //
-// Status: not implemented yet (the GSO/GRO issue). Today batchio already
-// reads the UDP_GRO segment size and writes UDP_SEGMENT when a message asks
-// for it, and core accounts for coalesced runs segment by segment; nothing
-// in fastudp turns GRO or GSO on.
+// # Zero copies
+//
+// [Coalesce] never copies a payload. It merges two messages only when the
+// second one's Buf starts exactly where the first one's ends in the same
+// backing array (so the run is a re-slice of memory the caller already
+// has). A run received with UDP_GRO is contiguous already and is passed
+// through whole with its SegmentSize, needing no coalescing; Coalesce
+// helps only where separate datagrams happen to lie back to back (for
+// example consecutive replies that a caller packed into one arena).
+// Messages with a Header (PROXY v2) are never merged: the header would
+// have to sit between two payloads.
+//
+// # Limits
+//
+// One GSO send carries at most [MaxSegments] (64) segments: the kernel's
+// UDP_MAX_SEGMENTS was 64 and became 128 in 2024, and it cannot be
+// queried, so 64 is the portable cap. Its payload (Header plus Buf) is at
+// most [MaxBytesIPv4] (65,507 = 65,535 − 20-byte IPv4 header − 8-byte UDP
+// header) to an IPv4 peer and [MaxBytesIPv6] (65,527 = 65,535 payload
+// length − 8-byte UDP header; IPv6 extension headers, which fastudp never
+// adds, would lower it) to an IPv6 peer. An IPv4-mapped IPv6 address counts
+// as IPv4. The segment size must also fit the path MTU; that only the
+// kernel knows, and a send that breaks it fails with EINVAL or EMSGSIZE
+// ([batchio.IsGSOError]): the caller then splits the run with [Split] and
+// sends the segments one by one.
 package gso

@@ -1,0 +1,72 @@
+package gso
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+
+	"github.com/fastudp/fastudp/batchio"
+)
+
+// FuzzCoalesceSplit lays out datagrams described by the input (length,
+// destination, TOS, whether a gap breaks contiguity) in one arena,
+// coalesces them and splits every result again: the datagrams must come
+// back byte for byte, in order, with their own metadata, and every
+// coalesced message must keep to the limits.
+func FuzzCoalesceSplit(f *testing.F) {
+	f.Add([]byte{0x10, 0, 0x10, 0, 0x10, 0, 0x08, 0})
+	f.Add([]byte{0xff, 0x01, 0xff, 0x02, 0x80, 0x04, 0x80, 0x08, 0x01, 0x00})
+	f.Add(bytes.Repeat([]byte{0x40, 0x00}, 100))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		addrs := [...]netip.AddrPort{dst4, dst4b, dst6, {}}
+		type dgram struct {
+			b    []byte
+			addr netip.AddrPort
+			tos  uint8
+		}
+		var want []dgram
+		arena := make([]byte, 0, 4*65536)
+		var msgs []batchio.Message
+		for i := 0; i+1 < len(in) && len(msgs) < 300; i += 2 {
+			n, ctl := int(in[i])*int(in[i]&0x0f+1)%1500, in[i+1]
+			if ctl&0x40 != 0 && len(arena) < cap(arena) {
+				arena = arena[:len(arena)+1] // a gap: not contiguous
+			}
+			if len(arena)+n > cap(arena) {
+				break
+			}
+			start := len(arena)
+			for j := range n {
+				arena = append(arena, byte(start+j))
+			}
+			m := batchio.Message{Buf: arena[start : start+n], Addr: addrs[ctl&3], TOS: (ctl >> 2) & 1}
+			msgs = append(msgs, m)
+			want = append(want, dgram{m.Buf, m.Addr, m.TOS})
+		}
+		// Keep copies: coalescing only re-slices, so the bytes must match.
+		for i := range want {
+			want[i].b = bytes.Clone(want[i].b)
+		}
+		out := Coalesce(msgs)
+		var got []batchio.Message
+		for i := range out {
+			m := &out[i]
+			if Segments(len(m.Buf), m.SegmentSize) > MaxSegments || len(m.Buf) > MaxBytes(m.Addr) {
+				t.Fatalf("over the limits: %d bytes, segment %d", len(m.Buf), m.SegmentSize)
+			}
+			var ok bool
+			if got, ok = Split(got, m); !ok {
+				t.Fatal("split failed")
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%d datagrams back, want %d", len(got), len(want))
+		}
+		for i := range got {
+			if !bytes.Equal(got[i].Buf, want[i].b) || got[i].Addr != want[i].addr || got[i].TOS != want[i].tos {
+				t.Fatalf("datagram %d differs: %d bytes to %v tos %d, want %d bytes to %v tos %d",
+					i, len(got[i].Buf), got[i].Addr, got[i].TOS, len(want[i].b), want[i].addr, want[i].tos)
+			}
+		}
+	})
+}
