@@ -159,7 +159,8 @@ func (m *Manager) Handle(now Time, in []Input, out []Output) []Output {
 	if next := m.timers.min(); m.rearm || next != m.armed {
 		m.armed = next
 		m.rearm = false
-		m.emit(Output{Kind: OutArmTimer, Deadline: next})
+		o := m.slot()
+		o.Kind, o.Deadline = OutArmTimer, next
 	}
 	out = m.out
 	m.out = nil
@@ -258,11 +259,14 @@ func (m *Manager) drop(r DropReason, datagrams, bytes int) {
 		}
 	}
 	m.stats.Drops[r] += uint64(datagrams)
-	m.emit(Output{Kind: OutDrop, DropReason: r, Listener: m.ctxListener, Flow: m.ctxFlow, Datagrams: datagrams, Bytes: bytes})
+	o := m.slot()
+	o.Kind, o.DropReason, o.Listener, o.Flow = OutDrop, r, m.ctxListener, m.ctxFlow
+	o.Datagrams, o.Bytes = datagrams, bytes
 }
 
 func (m *Manager) metric(k MetricKind, id FlowID) {
-	m.emit(Output{Kind: OutMetric, Metric: k, Flow: id})
+	o := m.slot()
+	o.Kind, o.Metric, o.Flow = OutMetric, k, id
 }
 
 // splitRun normalises a segment size: 0 when payload is a single datagram.
@@ -350,16 +354,12 @@ func (m *Manager) admit(now Time, h uint64, k *flowKey, ver int32) uint32 {
 	m.stats.Active++
 	id := makeFlowID(idx, f.gen)
 	client := k.client.addrPort()
-	m.emit(Output{Kind: OutMetric, Metric: MetricFlowCreated, Flow: id, Listener: k.listener, Cluster: cfg.Cluster})
-	m.emit(Output{
-		Kind:     OutSelectBackend,
-		Flow:     id,
-		Listener: k.listener,
-		Cluster:  cfg.Cluster,
-		Key:      affinityFrom(m.affinityBase, client, cfg.Affinity),
-		Client:   client,
-		Local:    k.local.addrPort(),
-	})
+	o := m.slot()
+	o.Kind, o.Metric, o.Flow, o.Listener, o.Cluster = OutMetric, MetricFlowCreated, id, k.listener, cfg.Cluster
+	o = m.slot()
+	o.Kind, o.Flow, o.Listener, o.Cluster = OutSelectBackend, id, k.listener, cfg.Cluster
+	o.Key = affinityFrom(m.affinityBase, client, cfg.Affinity)
+	o.Client, o.Local = client, k.local.addrPort()
 	return idx
 }
 
@@ -625,15 +625,9 @@ func (m *Manager) onResolved(now Time, in *Input) {
 	f.state = stateEstablished
 	f.backend = in.Backend.ID
 	cfg := &m.versions[f.cfg].cfg
-	m.emit(Output{
-		Kind:     OutOpenUpstream,
-		Listener: f.key.listener,
-		Cluster:  cfg.Cluster,
-		Flow:     in.Flow,
-		Backend:  in.Backend,
-		Client:   f.key.client.addrPort(),
-		Local:    f.key.local.addrPort(),
-	})
+	o := m.slot()
+	o.Kind, o.Listener, o.Cluster, o.Flow, o.Backend = OutOpenUpstream, f.key.listener, cfg.Cluster, in.Flow, in.Backend
+	o.Client, o.Local = f.key.client.addrPort(), f.key.local.addrPort()
 	for e := f.pendHead; e >= 0; {
 		h := &m.held[e]
 		m.forward(f, idx, h.buf, int(h.seg), h.tos)
@@ -690,24 +684,12 @@ func (m *Manager) closeFlow(idx uint32, now Time, reason CloseReason) {
 	m.timers.remove(int(f.heapPos), &m.flows)
 	cluster := m.versions[f.cfg].cfg.Cluster
 	m.unref(f.cfg)
-	m.emit(Output{
-		Kind:        OutCloseFlow,
-		CloseReason: reason,
-		Listener:    f.key.listener,
-		Cluster:     cluster,
-		Flow:        makeFlowID(idx, f.gen),
-		Backend:     Backend{ID: f.backend},
-		Client:      f.key.client.addrPort(),
-		Local:       f.key.local.addrPort(),
-		Stats: FlowStats{
-			Created:      f.created,
-			Closed:       now,
-			DatagramsIn:  f.datagramsIn,
-			DatagramsOut: f.datagramsOut,
-			BytesIn:      f.bytesIn,
-			BytesOut:     f.bytesOut,
-		},
-	})
+	o := m.slot()
+	o.Kind, o.CloseReason, o.Listener, o.Cluster = OutCloseFlow, reason, f.key.listener, cluster
+	o.Flow, o.Backend.ID = makeFlowID(idx, f.gen), f.backend
+	o.Client, o.Local = f.key.client.addrPort(), f.key.local.addrPort()
+	o.Stats = FlowStats{Created: f.created, Closed: now, DatagramsIn: f.datagramsIn,
+		DatagramsOut: f.datagramsOut, BytesIn: f.bytesIn, BytesOut: f.bytesOut}
 	m.stats.Evicted++
 	m.stats.Active--
 	m.stats.Closes[reason]++
