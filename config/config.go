@@ -99,6 +99,10 @@ type Config struct {
 	GracePeriod time.Duration
 	// CPUPinning pins shard i to CPU i (modulo the CPUs the process may use).
 	CPUPinning bool
+	// GRO turns UDP_GRO on for listener and upstream sockets: runs of
+	// equal-size datagrams are read whole (64 KiB receive buffers) and
+	// forwarded with one UDP_SEGMENT (GSO) send.
+	GRO bool
 	// Steering chooses how each listener's datagrams are spread over the
 	// shards: the kernel's SO_REUSEPORT hash, or an eBPF program (bpf/).
 	Steering Steering

@@ -33,6 +33,7 @@ type Flags struct {
 	LogLevel      string   // --log-level LEVEL
 	Steering      string   // --steering kernel|hash|cpu
 	SteeringKey   string   // --steering-key flow|ip
+	GRO           string   // --gro, --gro=false: "true" or "false"
 }
 
 // Register defines the quick-start flags on fs, storing into f.
@@ -54,6 +55,10 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.LogLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default info)")
 	fs.StringVar(&f.Steering, "steering", "", "choose each datagram's shard by `MODE`: kernel (SO_REUSEPORT hash), hash or cpu (eBPF; needs CAP_BPF) (default kernel)")
 	fs.StringVar(&f.SteeringKey, "steering-key", "", "what hash steering hashes: `KEY` flow (client IP and port) or ip (default flow)")
+	fs.BoolFunc("gro", "read runs of equal-size datagrams whole (UDP_GRO) and forward them with one GSO send; --gro=false turns it off (default off)", func(s string) error {
+		f.GRO = s
+		return nil
+	})
 }
 
 // flagSpec ties a quick-start flag to the config key it sets.
@@ -62,23 +67,25 @@ type flagSpec struct {
 	paths []string // config paths it sets
 	get   func(*Flags) string
 	int   bool // the key wants an integer
+	bool  bool // the key wants true or false
 }
 
 var flagSpecs = []flagSpec{
-	{"listen", []string{"listener", "listener[0]"}, func(f *Flags) string { return f.Listen }, false},
-	{"backend", []string{"cluster[0]"}, nil, false},
-	{"responses", []string{"cluster[0].responses"}, func(f *Flags) string { return f.Responses }, true},
-	{"requests", []string{"cluster[0].requests"}, func(f *Flags) string { return f.Requests }, true},
-	{"idle-timeout", []string{"cluster[0].front_timeout", "cluster[0].back_timeout"}, func(f *Flags) string { return f.IdleTimeout }, false},
-	{"max-flows", []string{"max_flows"}, func(f *Flags) string { return f.MaxFlows }, true},
-	{"affinity", []string{"cluster[0].affinity"}, func(f *Flags) string { return f.Affinity }, false},
-	{"proxy-protocol", []string{"cluster[0].proxy_protocol"}, func(f *Flags) string { return f.ProxyProtocol }, false},
-	{"shards", []string{"shards"}, func(f *Flags) string { return f.Shards }, true},
-	{"seed", []string{"seed"}, func(f *Flags) string { return f.Seed }, false},
-	{"metrics", []string{"metrics"}, func(f *Flags) string { return f.Metrics }, false},
-	{"log-level", []string{"log_level"}, func(f *Flags) string { return f.LogLevel }, false},
-	{"steering", []string{"steering"}, func(f *Flags) string { return f.Steering }, false},
-	{"steering-key", []string{"steering_key"}, func(f *Flags) string { return f.SteeringKey }, false},
+	{"listen", []string{"listener", "listener[0]"}, func(f *Flags) string { return f.Listen }, false, false},
+	{"backend", []string{"cluster[0]"}, nil, false, false},
+	{"responses", []string{"cluster[0].responses"}, func(f *Flags) string { return f.Responses }, true, false},
+	{"requests", []string{"cluster[0].requests"}, func(f *Flags) string { return f.Requests }, true, false},
+	{"idle-timeout", []string{"cluster[0].front_timeout", "cluster[0].back_timeout"}, func(f *Flags) string { return f.IdleTimeout }, false, false},
+	{"max-flows", []string{"max_flows"}, func(f *Flags) string { return f.MaxFlows }, true, false},
+	{"affinity", []string{"cluster[0].affinity"}, func(f *Flags) string { return f.Affinity }, false, false},
+	{"proxy-protocol", []string{"cluster[0].proxy_protocol"}, func(f *Flags) string { return f.ProxyProtocol }, false, false},
+	{"shards", []string{"shards"}, func(f *Flags) string { return f.Shards }, true, false},
+	{"seed", []string{"seed"}, func(f *Flags) string { return f.Seed }, false, false},
+	{"metrics", []string{"metrics"}, func(f *Flags) string { return f.Metrics }, false, false},
+	{"log-level", []string{"log_level"}, func(f *Flags) string { return f.LogLevel }, false, false},
+	{"steering", []string{"steering"}, func(f *Flags) string { return f.Steering }, false, false},
+	{"steering-key", []string{"steering_key"}, func(f *Flags) string { return f.SteeringKey }, false, false},
+	{name: "gro", paths: []string{"gro"}, get: func(f *Flags) string { return f.GRO }, bool: true},
 }
 
 // Given returns the quick-start flags that were given, as "--name", so the
@@ -129,6 +136,13 @@ func (f *Flags) Config() (*Config, error) {
 				return nil, &Error{Flag: "--" + s.name, Msg: strconv.Quote(s.get(f)) + " is not an integer"}
 			}
 			val = n
+		}
+		if s.bool {
+			b, err := strconv.ParseBool(s.get(f))
+			if err != nil {
+				return nil, &Error{Flag: "--" + s.name, Msg: strconv.Quote(s.get(f)) + " is not true or false"}
+			}
+			val = b
 		}
 		for _, p := range s.paths {
 			if k, ok := strings.CutPrefix(p, "cluster[0]."); ok {

@@ -43,6 +43,7 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 	w("access_log", c.AccessLog)
 	w("grace_period", c.GracePeriod)
 	w("cpu_pinning", c.CPUPinning)
+	w("gro", c.GRO)
 	w("steering", c.Steering.String())
 	w("steering_key", c.SteeringKey.String())
 	w("steering_pin", c.SteeringPin)

@@ -141,6 +141,7 @@ var (
 		{"access_log", func(v value, c *Config) { v.string(&c.AccessLog) }},
 		{"grace_period", func(v value, c *Config) { v.duration(&c.GracePeriod) }},
 		{"cpu_pinning", func(v value, c *Config) { v.bool(&c.CPUPinning) }},
+		{"gro", func(v value, c *Config) { v.bool(&c.GRO) }},
 		{"steering", func(v value, c *Config) { enum(v, &c.Steering, ParseSteering) }},
 		{"steering_key", func(v value, c *Config) { enum(v, &c.SteeringKey, ParseSteeringKey) }},
 		{"steering_pin", func(v value, c *Config) { v.string(&c.SteeringPin) }},

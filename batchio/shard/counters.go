@@ -17,6 +17,12 @@ const (
 	ShardBatchDatagrams        // datagrams those calls returned (fill = this / batches)
 	ShardLoops                 // event-loop iterations
 	ShardControl               // control messages applied
+	ShardGRORuns               // UDP_GRO receives (listener and upstream) holding more than one datagram
+	ShardGROSegments           // datagrams in those runs
+	ShardGSOSends              // UDP_SEGMENT sends of more than one datagram that the kernel took
+	ShardGSOSegments           // datagrams in those sends (÷ ShardGSOSends = segments per send)
+	ShardGSOFallbacks          // sockets whose GSO send the kernel refused (EIO/EINVAL/EMSGSIZE): GSO turned off there
+	ShardSplitDrops            // datagrams of a split run lost when a non-GSO resend stopped part way
 	numShardCounters
 )
 

@@ -26,6 +26,10 @@ type GroupOptions struct {
 	Listeners []Listener
 	// Listen configures listener sockets (buffers, GRO, V6Only).
 	Listen batchio.ListenOptions
+	// GRO turns UDP_GRO on for listener and upstream sockets (as does
+	// Listen.GRO) and sizes the shards' receive buffers for it: runs of
+	// equal-size datagrams are read whole and forwarded with one GSO send.
+	GRO bool
 	// Backends is the number of BackendIDs, for per-backend counters.
 	Backends int
 	// Core configures each shard's flow engine (MaxFlows is per shard).
@@ -93,6 +97,8 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			g.addrs[li] = netip.AddrPortFrom(g.addrs[li].Addr(), p)
 		}
 	}
+	o.GRO = o.GRO || o.Listen.GRO
+	o.Listen.GRO = o.GRO
 	lfds := make([][]int, len(o.Listeners)) // listener → shard → socket, for steering
 	for si := 0; si < o.Shards; si++ {
 		fds := make([]int, 0, len(o.Listeners))
@@ -122,6 +128,7 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			UpstreamSources:  o.UpstreamSources,
 			SocketRecvBuffer: o.SocketRecvBuffer,
 			SocketSendBuffer: o.SocketSendBuffer,
+			GRO:              o.GRO,
 			CPU:              cpu,
 			Picker:           o.Picker,
 			Logger:           o.Logger,

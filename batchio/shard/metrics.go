@@ -22,6 +22,8 @@ type Collector struct {
 	backends  []BackendLabels
 
 	shardRx, shardBatches, shardBatchDatagrams, shardLoops *prometheus.Desc
+	groRuns, groSegs, gsoSends, gsoSegs, gsoFallbacks      *prometheus.Desc
+	splitDrops                                             *prometheus.Desc
 
 	rxDatagrams, rxBytes, txDatagrams, txBytes   *prometheus.Desc
 	flowsCreated, flowsEvicted, flowsActive      *prometheus.Desc
@@ -47,6 +49,12 @@ func NewCollector(shards []*Shard, listeners []ListenerLabels, backends []Backen
 		shardBatches:        d("shard_batches_total", "recvmmsg calls on listener sockets that returned datagrams.", sl),
 		shardBatchDatagrams: d("shard_batch_datagrams_total", "Datagrams those recvmmsg calls returned; divided by batches it gives the batch fill.", sl),
 		shardLoops:          d("shard_loop_iterations_total", "Event-loop iterations.", sl),
+		groRuns:             d("gro_runs_total", "UDP_GRO receives (client and backend legs) that held more than one datagram.", sl),
+		groSegs:             d("gro_run_datagrams_total", "Datagrams in those GRO runs.", sl),
+		gsoSends:            d("gso_sends_total", "UDP_SEGMENT sends of more than one datagram.", sl),
+		gsoSegs:             d("gso_send_datagrams_total", "Datagrams in those GSO sends; divided by gso_sends_total it gives segments per send.", sl),
+		gsoFallbacks:        d("gso_fallbacks_total", "Sockets whose GSO send the kernel refused (EIO, EINVAL, EMSGSIZE); they send runs as single datagrams from then on.", sl),
+		splitDrops:          d("gso_split_drops_total", "Datagrams of a run lost when its non-GSO resend stopped part way.", sl),
 		rxDatagrams:         d("listener_rx_datagrams_total", "Datagrams received from clients.", ll),
 		rxBytes:             d("listener_rx_bytes_total", "Bytes received from clients.", ll),
 		txDatagrams:         d("listener_tx_datagrams_total", "Datagrams returned to clients.", ll),
@@ -72,6 +80,7 @@ func NewCollector(shards []*Shard, listeners []ListenerLabels, backends []Backen
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.shardRx, c.shardBatches, c.shardBatchDatagrams, c.shardLoops,
+		c.groRuns, c.groSegs, c.gsoSends, c.gsoSegs, c.gsoFallbacks, c.splitDrops,
 		c.rxDatagrams, c.rxBytes, c.txDatagrams, c.txBytes, c.flowsCreated, c.flowsEvicted, c.flowsActive,
 		c.flowsShed, c.drops, c.kernelDrops, c.beIn, c.beBytesIn, c.beOut, c.beBytesOut, c.beSocket,
 		c.beOpenFail, c.beRefused, c.beSendErr, c.beQueue} {
@@ -91,6 +100,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.shardBatches, k.Shard(ShardBatches), id)
 		counter(c.shardBatchDatagrams, k.Shard(ShardBatchDatagrams), id)
 		counter(c.shardLoops, k.Shard(ShardLoops), id)
+		counter(c.groRuns, k.Shard(ShardGRORuns), id)
+		counter(c.groSegs, k.Shard(ShardGROSegments), id)
+		counter(c.gsoSends, k.Shard(ShardGSOSends), id)
+		counter(c.gsoSegs, k.Shard(ShardGSOSegments), id)
+		counter(c.gsoFallbacks, k.Shard(ShardGSOFallbacks), id)
+		counter(c.splitDrops, k.Shard(ShardSplitDrops), id)
 	}
 	sumL := func(l core.ListenerID, i int) (v uint64) {
 		for _, s := range c.shards {

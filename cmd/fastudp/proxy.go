@@ -75,6 +75,7 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		Logger:    log,
 		AccessLog: accessLog,
 		PinCPUs:   cfg.CPUPinning,
+		GRO:       cfg.GRO,
 		Steering:  steeringOptions(cfg),
 	})
 	if err != nil {
