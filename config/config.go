@@ -179,6 +179,7 @@ func Default() Config {
 		LogLevel:            slog.LevelInfo,
 		LogFormat:           LogText,
 		GracePeriod:         DefaultGracePeriod,
+		GRO:                 true,
 	}
 }
 

@@ -39,6 +39,7 @@ func exampleConfig() Config {
 		AccessLog:   "stdout",
 		GracePeriod: 15 * time.Second,
 		CPUPinning:  false,
+		GRO:         true,
 		Steering:    SteeringHash,
 		SteeringKey: SteeringKeyIP,
 		SteeringPin: "",

@@ -55,7 +55,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.LogLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default info)")
 	fs.StringVar(&f.Steering, "steering", "", "choose each datagram's shard by `MODE`: kernel (SO_REUSEPORT hash), hash or cpu (eBPF; needs CAP_BPF) (default kernel)")
 	fs.StringVar(&f.SteeringKey, "steering-key", "", "what hash steering hashes: `KEY` flow (client IP and port) or ip (default flow)")
-	fs.BoolFunc("gro", "read runs of equal-size datagrams whole (UDP_GRO) and forward them with one GSO send; --gro=false turns it off (default off)", func(s string) error {
+	fs.BoolFunc("gro", "read runs of equal-size datagrams whole (UDP_GRO) and forward them with one GSO send; --gro=false turns it off (default on)", func(s string) error {
 		f.GRO = s
 		return nil
 	})

@@ -106,3 +106,24 @@ func TestFlagErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestFlagGRO(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--gro"}, true},
+		{[]string{"--gro=true"}, true},
+		{[]string{"--gro=false"}, false},
+	} {
+		f := parseFlags(t, append([]string{"--listen", "127.0.0.1:53", "--backend", "10.0.0.1:53"}, tc.args...)...)
+		c, err := f.Config()
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if c.GRO != tc.want {
+			t.Errorf("%v: GRO %v, want %v", tc.args, c.GRO, tc.want)
+		}
+	}
+}
