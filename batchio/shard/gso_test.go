@@ -2,6 +2,7 @@ package shard
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -210,27 +211,34 @@ func TestE2EGSORuns(t *testing.T) {
 }
 
 // TestE2EGSOResponsesCap: responses=3 on a 10-segment reply run forwards
-// exactly 3 segments, still as one run.
+// exactly 3 segments, still as one run; responses=1 (whose upstream sockets
+// skip UDP_GRO) forwards exactly the first segment.
 func TestE2EGSOResponsesCap(t *testing.T) {
 	t.Parallel()
 	const seg = 1200
-	be := newGROPeer(t, "127.0.0.1:0")
-	o := oneListener("127.0.0.1:0", core.ClusterConfig{Responses: 3}, fixedPicker{{ID: 0, Addr: be.addr}})
-	o.GRO = true
-	g := startGroup(t, o)
-	cl := newGROPeer(t, "127.0.0.1:0")
-	cl.sendRun(g.addr(), []byte("q"), 0, 0)
-	got := be.recvBytes(1, waitTimeout)
-	rep := pattern(10*seg, 3)
-	be.sendRun(got[0].from, rep, seg, 0)
-	back := cl.recvBytes(3*seg, waitTimeout)
-	if !bytes.Equal(joined(back), rep[:3*seg]) {
-		t.Fatal("the 3 forwarded segments differ from the run's first 3")
-	}
-	runShape(t, "backend→client", back, seg, true)
-	cl.expectSilence()
-	g.waitListener(t, "flows evicted", ListenerFlowsEvicted, 1)
-	if v := g.listener(ListenerTxDatagrams); v != 3 {
-		t.Errorf("tx datagrams %d, want 3", v)
+	for _, responses := range []uint32{3, 1} {
+		t.Run(fmt.Sprintf("responses=%d", responses), func(t *testing.T) {
+			t.Parallel()
+			be := newGROPeer(t, "127.0.0.1:0")
+			o := oneListener("127.0.0.1:0", core.ClusterConfig{Responses: responses}, fixedPicker{{ID: 0, Addr: be.addr}})
+			o.GRO = true
+			g := startGroup(t, o)
+			cl := newGROPeer(t, "127.0.0.1:0")
+			cl.sendRun(g.addr(), []byte("q"), 0, 0)
+			got := be.recvBytes(1, waitTimeout)
+			rep := pattern(10*seg, 3)
+			be.sendRun(got[0].from, rep, seg, 0)
+			n := int(responses)
+			back := cl.recvBytes(n*seg, waitTimeout)
+			if !bytes.Equal(joined(back), rep[:n*seg]) {
+				t.Fatalf("the %d forwarded segments differ from the run's first %d", n, n)
+			}
+			runShape(t, "backend→client", back, seg, n > 1)
+			cl.expectSilence()
+			g.waitListener(t, "flows evicted", ListenerFlowsEvicted, 1)
+			if v := g.listener(ListenerTxDatagrams); v != uint64(n) {
+				t.Errorf("tx datagrams %d, want %d", v, n)
+			}
+		})
 	}
 }

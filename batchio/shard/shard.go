@@ -162,17 +162,21 @@ type Shard struct {
 	ups       []upstream
 	nextSrc   int
 
-	rx       *batchio.Batch // listener and upstream reads
-	tx       *batchio.Batch // sends
-	rxMsgs   []batchio.Message
-	upMsgs   []batchio.Message
-	upFill   int
-	events   []unix.EpollEvent
-	inputs   []core.Input
-	follow   []core.Input
-	outputs  []core.Output
-	oneMsg   []batchio.Message
-	split    []batchio.Message // a run cut into datagrams for a non-GSO send
+	rx      *batchio.Batch // listener and upstream reads
+	tx      *batchio.Batch // sends
+	rxMsgs  []batchio.Message
+	upMsgs  []batchio.Message
+	upFill  int
+	events  []unix.EpollEvent
+	inputs  []core.Input
+	follow  []core.Input
+	outputs []core.Output
+	oneMsg  []batchio.Message
+	split   []batchio.Message // a run cut into datagrams for a non-GSO send
+	// oneReply[l]: listener l's cluster has responses = 1, so its upstream
+	// sockets skip UDP_GRO (a run could only ever forward its first
+	// segment, and a DNS-like flow per query would pay a setsockopt).
+	oneReply []bool
 	start    time.Time
 	deadline core.Time
 	stopAt   core.Time
@@ -323,8 +327,10 @@ func (s *Shard) Run(ctx context.Context) error {
 		stop := context.AfterFunc(ctx, func() { s.Send(Control{Stop: true}) })
 		defer stop()
 	}
+	s.oneReply = make([]bool, len(s.opts.Listeners))
 	for i, l := range s.opts.Listeners {
 		s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigSetCluster, Listener: core.ListenerID(i), Cluster: l.Cluster}))
+		s.oneReply[i] = l.Cluster.Responses == 1
 	}
 	s.process(s.now())
 	for {
@@ -397,6 +403,9 @@ func (s *Shard) drainControl(now core.Time) {
 			s.counters.addShard(ShardControl, 1)
 			if c.Config != nil {
 				s.inputs = append(s.inputs, core.ConfigInput(*c.Config))
+				if ev := c.Config; ev.Kind == core.ConfigSetCluster && int(ev.Listener) < len(s.oneReply) {
+					s.oneReply[ev.Listener] = ev.Cluster.Responses == 1
+				}
 			}
 			if c.Stop && !s.stopping {
 				s.stopping = true
@@ -571,7 +580,8 @@ func (s *Shard) openUpstream(o *core.Output) {
 	for idx >= len(s.ups) {
 		s.ups = append(s.ups, upstream{fd: -1})
 	}
-	opts := batchio.DialOptions{RecvBuffer: s.opts.SocketRecvBuffer, SendBuffer: s.opts.SocketSendBuffer, GRO: s.opts.GRO}
+	gro := s.opts.GRO && !(int(o.Listener) < len(s.oneReply) && s.oneReply[o.Listener])
+	opts := batchio.DialOptions{RecvBuffer: s.opts.SocketRecvBuffer, SendBuffer: s.opts.SocketSendBuffer, GRO: gro}
 	fd, err := s.dial(o.Backend.Addr, opts)
 	if err == nil {
 		if err = s.watch(fd, unix.EPOLLIN, tokenUpstream, int32(idx), unix.EPOLL_CTL_ADD); err != nil {
