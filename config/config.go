@@ -103,6 +103,9 @@ type Config struct {
 	// equal-size datagrams are read whole (64 KiB receive buffers) and
 	// forwarded with one UDP_SEGMENT (GSO) send.
 	GRO bool
+	// GSO sends a run of datagrams with one UDP_SEGMENT send; off, runs go
+	// out as single datagrams.
+	GSO bool
 	// Steering chooses how each listener's datagrams are spread over the
 	// shards: the kernel's SO_REUSEPORT hash, or an eBPF program (bpf/).
 	Steering Steering
@@ -180,6 +183,7 @@ func Default() Config {
 		LogFormat:           LogText,
 		GracePeriod:         DefaultGracePeriod,
 		GRO:                 true,
+		GSO:                 true,
 	}
 }
 

@@ -40,6 +40,7 @@ func exampleConfig() Config {
 		GracePeriod: 15 * time.Second,
 		CPUPinning:  false,
 		GRO:         true,
+		GSO:         true,
 		Steering:    SteeringHash,
 		SteeringKey: SteeringKeyIP,
 		SteeringPin: "",

@@ -34,6 +34,7 @@ type Flags struct {
 	Steering      string   // --steering kernel|hash|cpu
 	SteeringKey   string   // --steering-key flow|ip
 	GRO           string   // --gro, --gro=false: "true" or "false"
+	GSO           string   // --gso, --gso=false
 }
 
 // Register defines the quick-start flags on fs, storing into f.
@@ -55,6 +56,10 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.LogLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default info)")
 	fs.StringVar(&f.Steering, "steering", "", "choose each datagram's shard by `MODE`: kernel (SO_REUSEPORT hash), hash or cpu (eBPF; needs CAP_BPF) (default kernel)")
 	fs.StringVar(&f.SteeringKey, "steering-key", "", "what hash steering hashes: `KEY` flow (client IP and port) or ip (default flow)")
+	fs.BoolFunc("gso", "send a run of equal-size datagrams with one UDP_SEGMENT (GSO) send; --gso=false sends them one by one (default on)", func(s string) error {
+		f.GSO = s
+		return nil
+	})
 	fs.BoolFunc("gro", "read runs of equal-size datagrams whole (UDP_GRO) and forward them with one GSO send; --gro=false turns it off (default on)", func(s string) error {
 		f.GRO = s
 		return nil
@@ -86,6 +91,7 @@ var flagSpecs = []flagSpec{
 	{"steering", []string{"steering"}, func(f *Flags) string { return f.Steering }, false, false},
 	{"steering-key", []string{"steering_key"}, func(f *Flags) string { return f.SteeringKey }, false, false},
 	{name: "gro", paths: []string{"gro"}, get: func(f *Flags) string { return f.GRO }, bool: true},
+	{name: "gso", paths: []string{"gso"}, get: func(f *Flags) string { return f.GSO }, bool: true},
 }
 
 // Given returns the quick-start flags that were given, as "--name", so the

@@ -127,3 +127,19 @@ func TestFlagGRO(t *testing.T) {
 		}
 	}
 }
+
+func TestFlagGSO(t *testing.T) {
+	for args, want := range map[string]bool{"": true, "--gso": true, "--gso=false": false} {
+		a := []string{"--listen", "127.0.0.1:53", "--backend", "10.0.0.1:53"}
+		if args != "" {
+			a = append(a, args)
+		}
+		c, err := parseFlags(t, a...).Config()
+		if err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		if c.GSO != want {
+			t.Errorf("%q: GSO %v, want %v", args, c.GSO, want)
+		}
+	}
+}

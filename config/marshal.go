@@ -44,6 +44,7 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 	w("grace_period", c.GracePeriod)
 	w("cpu_pinning", c.CPUPinning)
 	w("gro", c.GRO)
+	w("gso", c.GSO)
 	w("steering", c.Steering.String())
 	w("steering_key", c.SteeringKey.String())
 	w("steering_pin", c.SteeringPin)

@@ -142,6 +142,7 @@ var (
 		{"grace_period", func(v value, c *Config) { v.duration(&c.GracePeriod) }},
 		{"cpu_pinning", func(v value, c *Config) { v.bool(&c.CPUPinning) }},
 		{"gro", func(v value, c *Config) { v.bool(&c.GRO) }},
+		{"gso", func(v value, c *Config) { v.bool(&c.GSO) }},
 		{"steering", func(v value, c *Config) { enum(v, &c.Steering, ParseSteering) }},
 		{"steering_key", func(v value, c *Config) { enum(v, &c.SteeringKey, ParseSteeringKey) }},
 		{"steering_pin", func(v value, c *Config) { v.string(&c.SteeringPin) }},

@@ -30,6 +30,8 @@ type GroupOptions struct {
 	// Listen.GRO) and sizes the shards' receive buffers for it: runs of
 	// equal-size datagrams are read whole and forwarded with one GSO send.
 	GRO bool
+	// NoGSO is as in [Options].
+	NoGSO bool
 	// Backends is the number of BackendIDs, for per-backend counters.
 	Backends int
 	// Core configures each shard's flow engine (MaxFlows is per shard).
@@ -129,6 +131,7 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			SocketRecvBuffer: o.SocketRecvBuffer,
 			SocketSendBuffer: o.SocketSendBuffer,
 			GRO:              o.GRO,
+			NoGSO:            o.NoGSO,
 			CPU:              cpu,
 			Picker:           o.Picker,
 			Logger:           o.Logger,

@@ -70,6 +70,9 @@ type Options struct {
 	// as one GSO send with the same segment size. With GRO on, a recvmmsg
 	// call reads at most [groRecvBatch] messages (see there).
 	GRO bool
+	// NoGSO sends every run as single datagrams (sub-slices of the run, in
+	// one sendmmsg) instead of one UDP_SEGMENT send, on every socket.
+	NoGSO bool
 	// CPU pins the shard's thread to this CPU; -1 leaves it unpinned.
 	CPU int
 	// Picker chooses backends.
@@ -266,7 +269,7 @@ func (s *Shard) openPoll() error {
 	}
 	s.listeners = make([]listenerSock, len(s.opts.ListenerFDs))
 	for i, fd := range s.opts.ListenerFDs {
-		s.listeners[i] = listenerSock{fd: fd, out: make([]batchio.Message, 0, s.opts.BatchSize)}
+		s.listeners[i] = listenerSock{fd: fd, out: make([]batchio.Message, 0, s.opts.BatchSize), gsoOff: s.opts.NoGSO}
 		if err := s.watch(fd, unix.EPOLLIN, tokenListener, int32(i), unix.EPOLL_CTL_ADD); err != nil {
 			return err
 		}
@@ -595,7 +598,7 @@ func (s *Shard) openUpstream(o *core.Output) {
 		return
 	}
 	s.counters.addBackend(o.Backend.ID, BackendSocketsOpened, 1)
-	s.ups[idx] = upstream{fd: fd, flow: o.Flow, backend: o.Backend.ID, listener: o.Listener, queue: s.ups[idx].queue[:0]}
+	s.ups[idx] = upstream{fd: fd, flow: o.Flow, backend: o.Backend.ID, listener: o.Listener, queue: s.ups[idx].queue[:0], gsoOff: s.opts.NoGSO}
 }
 
 // dial opens a connected upstream socket, trying each configured source

@@ -76,6 +76,7 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		AccessLog: accessLog,
 		PinCPUs:   cfg.CPUPinning,
 		GRO:       cfg.GRO,
+		NoGSO:     !cfg.GSO,
 		Steering:  steeringOptions(cfg),
 	})
 	if err != nil {
