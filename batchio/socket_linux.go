@@ -248,3 +248,19 @@ func boolInt(b bool) int {
 	}
 	return 0
 }
+
+// ProbeOffload reports whether this kernel accepts UDP_GRO (receive
+// coalescing, Linux 5.0) and UDP_SEGMENT (send segmentation, Linux 4.18) on
+// a UDP socket, by setting both on a throwaway IPv4 socket. It cannot tell
+// whether a given route or device will take a GSO send; that shows as
+// [IsGSOError] on the send.
+func ProbeOffload() (gro, gso bool) {
+	fd, err := newSocket(netip.IPv4Unspecified())
+	if err != nil {
+		return false, false
+	}
+	defer unix.Close(fd)
+	gro = unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1) == nil
+	gso = unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT, 1200) == nil
+	return gro, gso
+}

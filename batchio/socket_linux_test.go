@@ -218,3 +218,10 @@ func TestSpecificPacketInfoOff(t *testing.T) {
 		}
 	}
 }
+
+func TestProbeOffload(t *testing.T) {
+	// UDP_GRO is Linux 5.0, UDP_SEGMENT 4.18: every supported kernel has both.
+	if gro, gso := ProbeOffload(); !gro || !gso {
+		t.Fatalf("ProbeOffload = %v, %v; want true, true", gro, gso)
+	}
+}

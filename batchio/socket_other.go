@@ -20,3 +20,6 @@ func LocalAddr(fd int) (netip.AddrPort, error) { return netip.AddrPort{}, ErrNot
 
 // RaiseNoFileLimit returns [ErrNotSupported].
 func RaiseNoFileLimit() (uint64, error) { return 0, ErrNotSupported }
+
+// ProbeOffload reports no offload.
+func ProbeOffload() (gro, gso bool) { return false, false }

@@ -100,6 +100,23 @@ func NewGroup(o GroupOptions) (*Group, error) {
 		}
 	}
 	o.GRO = o.GRO || o.Listen.GRO
+	if o.GRO || !o.NoGSO {
+		// Feature detection: a kernel without UDP_GRO would fail every
+		// listener; one without UDP_SEGMENT every run's send.
+		gro, gso := batchio.ProbeOffload()
+		if o.GRO && !gro {
+			o.GRO = false
+			if o.Logger != nil {
+				o.Logger.Warn("the kernel does not support UDP_GRO; gro turned off")
+			}
+		}
+		if !o.NoGSO && !gso {
+			o.NoGSO = true
+			if o.Logger != nil && o.GRO {
+				o.Logger.Warn("the kernel does not support UDP_SEGMENT; gso turned off")
+			}
+		}
+	}
 	o.Listen.GRO = o.GRO
 	lfds := make([][]int, len(o.Listeners)) // listener → shard → socket, for steering
 	for si := 0; si < o.Shards; si++ {
