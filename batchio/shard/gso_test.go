@@ -241,3 +241,50 @@ func TestE2EGSOResponsesCap(t *testing.T) {
 		})
 	}
 }
+
+// TestE2EGSOProxyProtocol: a client run through a PROXY v2 cluster reaches
+// the backend as one datagram per segment, each with its header in "every"
+// mode and only the first in "first" mode (the rest as one run), every
+// byte in order.
+func TestE2EGSOProxyProtocol(t *testing.T) {
+	t.Parallel()
+	const seg, n = 1000, 10
+	for _, mode := range []core.ProxyMode{core.ProxyEvery, core.ProxyFirst} {
+		t.Run(fmt.Sprint(mode), func(t *testing.T) {
+			t.Parallel()
+			be := newGROPeer(t, "127.0.0.1:0")
+			o := oneListener("127.0.0.1:0", core.ClusterConfig{ProxyProtocol: mode}, fixedPicker{{ID: 0, Addr: be.addr}})
+			o.GRO = true
+			g := startGroup(t, o)
+			cl := newGROPeer(t, "127.0.0.1:0")
+			cl.sendRun(g.addr(), []byte("hello"), 0, 0)
+			first := be.recvBytes(5, waitTimeout)
+			h, ok, err := parseProxyHeader(first[0].data)
+			if !ok || err != nil || string(first[0].data[h.Len:]) != "hello" {
+				t.Fatalf("first datagram: ok %v err %v data %q", ok, err, first[0].data)
+			}
+			req := pattern(seg*n, 6)
+			cl.sendRun(g.addr(), req, seg, 0)
+			want := len(req)
+			if mode == core.ProxyEvery {
+				want += n * h.Len
+			}
+			got := be.recvBytes(want, waitTimeout)
+			var payload []byte
+			for _, a := range got {
+				d := a.data
+				if mode == core.ProxyEvery {
+					hh, ok, err := parseProxyHeader(d)
+					if !ok || err != nil || hh.Len != h.Len {
+						t.Fatalf("datagram without its PROXY header: ok %v err %v", ok, err)
+					}
+					d = d[hh.Len:]
+				}
+				payload = append(payload, d...)
+			}
+			if !bytes.Equal(payload, req) {
+				t.Fatal("payload bytes differ")
+			}
+		})
+	}
+}

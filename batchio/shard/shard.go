@@ -176,6 +176,11 @@ type Shard struct {
 	outputs []core.Output
 	oneMsg  []batchio.Message
 	split   []batchio.Message // a run cut into datagrams for a non-GSO send
+	// upBatch collects consecutive single datagrams to one upstream
+	// (upBatchFlow) for one sendmmsg: a burst of client datagrams read in
+	// one recvmmsg, or a run split for PROXY v2 headers.
+	upBatch     []batchio.Message
+	upBatchFlow core.FlowID
 	// oneReply[l]: listener l's cluster has responses = 1, so its upstream
 	// sockets skip UDP_GRO (a run could only ever forward its first
 	// segment, and a DNS-like flow per query would pay a setsockopt).
@@ -236,6 +241,7 @@ func New(opts Options) (*Shard, error) {
 	s.rxMsgs = newMessages(rxBatch, bufSize)
 	s.upMsgs = newMessages(rxBatch, bufSize)
 	s.split = make([]batchio.Message, 0, 2*gso.MaxSegments)
+	s.upBatch = make([]batchio.Message, 0, opts.BatchSize)
 	s.inputs = make([]core.Input, 0, opts.BatchSize)
 	s.follow = make([]core.Input, 0, opts.BatchSize)
 	s.outputs = make([]core.Output, 0, 4*opts.BatchSize)
@@ -543,6 +549,7 @@ func (s *Shard) process(now core.Time) {
 		for i := range s.outputs {
 			s.apply(&s.outputs[i])
 		}
+		s.flushUpstreamBatch()
 		for i := range s.listeners {
 			s.flushClientSends(i)
 		}
@@ -642,18 +649,32 @@ func (s *Shard) sendUpstream(o *core.Output) {
 	segs := uint64(o.Segments())
 	s.counters.addBackend(u.backend, BackendDatagramsIn, segs)
 	s.counters.addBackend(u.backend, BackendBytesIn, uint64(len(o.Payload)))
-	if len(u.queue) > 0 {
-		s.enqueueUpstream(u, o)
-		return
+	if s.upBatchFlow != o.Flow {
+		s.flushUpstreamBatch()
 	}
 	m := batchio.Message{Buf: o.Payload, Header: o.Header, SegmentSize: o.SegmentSize, TOS: o.TOS}
+	if len(u.queue) > 0 {
+		s.enqueueUpstream(u, &m)
+		return
+	}
+	if !isRun(&m) {
+		// Single datagrams wait in upBatch (the payload stays borrowed:
+		// process flushes it before the next Handle call).
+		s.upBatch = append(s.upBatch, m)
+		s.upBatchFlow = o.Flow
+		if len(s.upBatch) == cap(s.upBatch) {
+			s.flushUpstreamBatch()
+		}
+		return
+	}
+	s.flushUpstreamBatch() // keep the flow's order
 	err := s.sendRun(u.fd, &m, &u.gsoOff, "gso-upstream")
 	if err == nil {
 		return
 	}
 	switch batchio.Classify(err) {
 	case batchio.KindWouldBlock:
-		s.enqueueUpstream(u, o)
+		s.enqueueUpstream(u, &m)
 	case batchio.KindRefused:
 		s.counters.addBackend(u.backend, BackendRefused, segs)
 	default:
@@ -661,21 +682,56 @@ func (s *Shard) sendUpstream(o *core.Output) {
 	}
 }
 
-func (s *Shard) enqueueUpstream(u *upstream, o *core.Output) {
+// flushUpstreamBatch sends the single datagrams collected for one upstream
+// socket with as few sendmmsg calls as the kernel allows.
+func (s *Shard) flushUpstreamBatch() {
+	if len(s.upBatch) == 0 {
+		return
+	}
+	msgs := s.upBatch
+	if u := s.upstreamOf(s.upBatchFlow); u != nil {
+		for len(msgs) > 0 {
+			n, err := s.tx.Send(u.fd, msgs)
+			msgs = msgs[n:]
+			if err == nil {
+				break
+			}
+			switch batchio.Classify(err) {
+			case batchio.KindWouldBlock:
+				for i := range msgs {
+					s.enqueueUpstream(u, &msgs[i])
+				}
+				msgs = nil
+				continue
+			case batchio.KindRefused:
+				s.counters.addBackend(u.backend, BackendRefused, 1)
+			default:
+				s.counters.addBackend(u.backend, BackendSendErrors, 1)
+			}
+			msgs = msgs[1:]
+		}
+	}
+	clear(s.upBatch)
+	s.upBatch = s.upBatch[:0]
+	s.upBatchFlow = 0
+}
+
+func (s *Shard) enqueueUpstream(u *upstream, m *batchio.Message) {
+	segs := uint64(segments(len(m.Header)+len(m.Buf), m.SegmentSize))
 	if len(u.queue) >= upstreamQueueLimit {
-		s.counters.addBackend(u.backend, BackendQueueFull, uint64(o.Segments()))
+		s.counters.addBackend(u.backend, BackendQueueFull, segs)
 		return
 	}
-	q, ok := s.copyQueued(o.Header, o.Payload)
+	q, ok := s.copyQueued(m.Header, m.Buf)
 	if !ok {
-		s.counters.addBackend(u.backend, BackendQueueFull, uint64(o.Segments()))
+		s.counters.addBackend(u.backend, BackendQueueFull, segs)
 		return
 	}
-	q.seg, q.tos = o.SegmentSize, o.TOS
+	q.seg, q.tos = m.SegmentSize, m.TOS
 	u.queue = append(u.queue, q)
 	if !u.writable {
 		u.writable = true
-		_ = s.watch(u.fd, unix.EPOLLIN|unix.EPOLLOUT, tokenUpstream, int32(o.Flow.Index()), unix.EPOLL_CTL_MOD)
+		_ = s.watch(u.fd, unix.EPOLLIN|unix.EPOLLOUT, tokenUpstream, int32(u.flow.Index()), unix.EPOLL_CTL_MOD)
 	}
 }
 
@@ -831,6 +887,9 @@ func (s *Shard) flushClientQueue(li int) {
 }
 
 func (s *Shard) closeFlow(o *core.Output) {
+	if s.upBatchFlow == o.Flow {
+		s.flushUpstreamBatch() // the flow's last datagrams go out before its socket closes
+	}
 	s.counters.addListener(o.Listener, ListenerFlowsEvicted, 1)
 	if u := s.upstreamOf(o.Flow); u != nil {
 		// Queued datagrams are still sent: the last request of a flow may
