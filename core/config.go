@@ -205,8 +205,9 @@ type Config struct {
 	// MaxRxDatagramSize is the largest accepted datagram or GRO segment; 0
 	// means [DefaultMaxRxDatagramSize].
 	MaxRxDatagramSize int
-	// PendingLimit bounds the datagrams held for a flow waiting for its
-	// backend; 0 means [DefaultPendingLimit].
+	// PendingLimit bounds the messages held for a flow waiting for its
+	// backend (a GRO run is one message, kept whole); 0 means
+	// [DefaultPendingLimit].
 	PendingLimit int
 	// ExpiryBudget bounds the timer-heap entries one InTimer processes; 0
 	// means [DefaultExpiryBudget].

@@ -61,8 +61,9 @@ func (m *Manager) CheckInvariants() error {
 		if f.deadline == Never {
 			return fmt.Errorf("flow %v: no finite deadline", id)
 		}
-		n := 0
+		n, entries := 0, 0
 		for e := f.pendHead; e >= 0; e = m.held[e].next {
+			entries++
 			n += segmentCount(len(m.held[e].buf), int(m.held[e].seg))
 			held++
 			if held > len(m.held) {
@@ -75,8 +76,8 @@ func (m *Manager) CheckInvariants() error {
 		if f.pending > 0 && f.state != stateAwaiting {
 			return fmt.Errorf("flow %v: established but holds datagrams", id)
 		}
-		if int(f.pending) > m.cfg.PendingLimit {
-			return fmt.Errorf("flow %v: holds %d datagrams, limit %d", id, f.pending, m.cfg.PendingLimit)
+		if entries > m.cfg.PendingLimit {
+			return fmt.Errorf("flow %v: holds %d messages, limit %d", id, entries, m.cfg.PendingLimit)
 		}
 	}
 	if live != m.stats.Active || uint64(live) != m.stats.Created-m.stats.Evicted {

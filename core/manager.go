@@ -440,20 +440,18 @@ func (m *Manager) detach(f *flow, idx uint32) {
 // pool buffer and returns how many it kept; the rest are dropped.
 func (m *Manager) hold(f *flow, payload []byte, seg int, tos uint8) int {
 	n := segmentCount(len(payload), seg)
-	room := m.cfg.PendingLimit - int(f.pending)
-	keep := payload
-	if n > room {
-		if room <= 0 {
-			m.drop(DropPendingOverflow, n, len(payload))
-			return 0
-		}
-		keep = payload[:room*seg]
-		m.drop(DropPendingOverflow, n-room, len(payload)-len(keep))
-		n = room
-		if room == 1 {
-			seg = 0
-		}
+	// The limit counts held messages, not segments: a GRO run is one message
+	// as received and is kept whole (a client's first GSO burst must not
+	// lose its tail while the backend is chosen).
+	held := 0
+	for e := f.pendHead; e >= 0; e = m.held[e].next {
+		held++
 	}
+	if held >= m.cfg.PendingLimit {
+		m.drop(DropPendingOverflow, n, len(payload))
+		return 0
+	}
+	keep := payload
 	buf := m.cfg.Pool.Get(len(keep))
 	if cap(buf) < len(keep) {
 		if buf != nil {

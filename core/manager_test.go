@@ -691,28 +691,24 @@ func TestPendingQueue(t *testing.T) {
 			}
 		})
 	}
-	t.Run("run held beyond the limit keeps the leading segments", func(t *testing.T) {
-		h := newHarness(t, Config{PendingLimit: 4}, ClusterConfig{})
+	// The limit counts held messages: a GRO run is kept whole. (It used to
+	// count segments, and a client's first GSO burst lost its tail.)
+	t.Run("run held whole: the limit counts messages, not segments", func(t *testing.T) {
+		h := newHarness(t, Config{PendingLimit: 2}, ClusterConfig{})
 		id := h.open(0, cliA, lcl, "s0")
-		out := h.handle(groClient(0, cliA, lcl, []byte("s1s2s3s4s5"), 2))
+		wantKinds(t, h.handle(groClient(0, cliA, lcl, []byte("s1s2s3s4s5"), 2)), []OutputKind{}...)
+		out := h.handle(groClient(0, cliA, lcl, []byte("x1x2"), 2))
 		wantKinds(t, out, OutDrop)
 		if out[0].DropReason != DropPendingOverflow || out[0].Datagrams != 2 || out[0].Bytes != 4 {
 			t.Fatal(fmtOutputs(out))
 		}
 		out = h.handle(Resolved(id, be1))
 		wantKinds(t, out, OutOpenUpstream, OutSendToBackend, OutSendToBackend)
-		if string(out[1].Payload) != "s0" || string(out[2].Payload) != "s1s2s3" || out[2].SegmentSize != 2 {
+		if string(out[1].Payload) != "s0" || string(out[2].Payload) != "s1s2s3s4s5" || out[2].SegmentSize != 2 {
 			t.Fatal(fmtOutputs(out))
 		}
-	})
-	t.Run("single segment left of a held run is one datagram", func(t *testing.T) {
-		h := newHarness(t, Config{PendingLimit: 2}, ClusterConfig{})
-		id := h.open(0, cliA, lcl, "s0")
-		h.handle(groClient(0, cliA, lcl, []byte("s1s2s3"), 2))
-		out := h.handle(Resolved(id, be1))
-		wantKinds(t, out, OutOpenUpstream, OutSendToBackend, OutSendToBackend)
-		if string(out[2].Payload) != "s1" || out[2].SegmentSize != 0 {
-			t.Fatal(fmtOutputs(out))
+		if info, _ := h.m.Flow(id); info.Requests != 6 {
+			t.Fatalf("requests %d, want 6 (one plus a run of five)", info.Requests)
 		}
 	})
 	t.Run("pool buffers return when a waiting flow closes", func(t *testing.T) {
@@ -1648,7 +1644,7 @@ func TestMalformedInputs(t *testing.T) {
 		}, want: []OutputKind{OutSendToBackend}},
 		{name: "segment size 1 run to a waiting flow", in: func(_, _ FlowID) Input {
 			return groClient(0, cliB, lcl, make([]byte, 4000), 1)
-		}, want: []OutputKind{OutDrop}},
+		}, want: []OutputKind{}},
 		{name: "backend datagram, zero flow", in: func(_, _ FlowID) Input { return BackendDatagram(0, []byte("x")) }, want: []OutputKind{OutDrop}},
 		{name: "backend datagram, empty", in: func(est, _ FlowID) Input { return BackendDatagram(est, nil) }, want: []OutputKind{OutDrop}},
 		{name: "backend datagram, negative segment size", in: func(est, _ FlowID) Input { return groBackend(est, []byte("r"), -3) }, want: []OutputKind{OutSendToClient}},
