@@ -237,7 +237,10 @@ func (l *demoLoad) client(ctx context.Context, front netip.AddrPort) {
 		for {
 			n, err := c.Read(buf)
 			if err != nil {
-				break // lost (or stopping)
+				if ctx.Err() != nil {
+					l.sent.Add(^uint64(0)) // cut short by the end of the run: not a loss
+				}
+				break // lost, or stopping
 			}
 			name, body, ok := bytes.Cut(buf[:n], []byte(":"))
 			if !ok || len(body) < 8 || binary.BigEndian.Uint64(body) != seq {
