@@ -397,30 +397,9 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// cpuModel and kernel describe the machine in the report.
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
-}
-
-func kernel() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return "?"
-	}
-	return strings.TrimSpace(string(b))
-}
-
+// machine describes the machine the report was measured on.
 func machine() string {
-	return fmt.Sprintf("%s, %d CPUs (GOMAXPROCS %d), Linux %s, %s", cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), kernel(), runtime.Version())
+	return fmt.Sprintf("%s, %d CPUs (GOMAXPROCS %d), Linux %s, %s", proc.CPUModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), proc.KernelRelease(), runtime.Version())
 }
 
 // systemIdle returns the machine's idle ticks.

@@ -188,10 +188,14 @@ func (e *Echo) loop() {
 
 // send sends msgs, skipping any message the kernel refuses, and returns how
 // many left. A full send buffer drops the rest of the batch.
-func (e *Echo) send(msgs []batchio.Message) int {
+func (e *Echo) send(msgs []batchio.Message) int { return sendSkipping(e.batch, e.fd, msgs) }
+
+// sendSkipping sends msgs on fd, skipping any message the kernel refuses, and
+// returns how many left. A full send buffer drops the rest of the batch.
+func sendSkipping(b *batchio.Batch, fd int, msgs []batchio.Message) int {
 	sent := 0
 	for len(msgs) > 0 {
-		n, err := e.batch.Send(e.fd, msgs)
+		n, err := b.Send(fd, msgs)
 		sent += n
 		if err == nil {
 			break

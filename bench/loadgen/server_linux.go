@@ -80,21 +80,7 @@ func (s *server) run(handle func(rx []batchio.Message) []batchio.Message, send f
 
 // send sends msgs, skipping any message the kernel refuses, and returns how
 // many left. A full send buffer drops the rest of the batch.
-func (s *server) send(msgs []batchio.Message) int {
-	n := 0
-	for len(msgs) > 0 {
-		k, err := s.batch.Send(s.fd, msgs)
-		n += k
-		if err == nil {
-			break
-		}
-		if c := batchio.Classify(err); c == batchio.KindWouldBlock || c == batchio.KindClosed {
-			break
-		}
-		msgs = msgs[k+1:]
-	}
-	return n
-}
+func (s *server) send(msgs []batchio.Message) int { return sendSkipping(s.batch, s.fd, msgs) }
 
 func (s *server) close() {
 	s.once.Do(func() {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -308,4 +309,27 @@ func parseRSS(b []byte) (uint64, error) {
 		return n << 10, nil
 	}
 	return 0, errors.New("proc: status: no VmRSS (a kernel thread, or a zombie)")
+}
+
+// CPUModel returns the "model name" line of /proc/cpuinfo, for reports.
+func CPUModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+// KernelRelease returns the running kernel's release, for reports.
+func KernelRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
 }

@@ -476,34 +476,13 @@ func summarize(xs []float64) stat {
 	return stat{med, s[0], s[len(s)-1]}
 }
 
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
-}
-
-func kernel() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return "?"
-	}
-	return strings.TrimSpace(string(b))
-}
-
 func markdown(o options, fs *flag.FlagSet, tgs []target.Target, ms []Measurement, took time.Duration) string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	var set []string
 	fs.Visit(func(f *flag.Flag) { set = append(set, "-"+f.Name+" "+f.Value.String()) })
 	p("Machine: %s, %d CPUs (GOMAXPROCS %d), Linux %s, %s. Whole run: %.0f s.\n",
-		cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), kernel(), runtime.Version(), took.Seconds())
+		proc.CPUModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), proc.KernelRelease(), runtime.Version(), took.Seconds())
 	p("Command: `go run ./bench/cmd/proxycpu %s`\n\n", strings.Join(set, " "))
 	p("Each figure is the median of %d runs (targets interleaved, order rotated per run); "+
 		"the CPU column also gives min–max, and ÷ nginx is the median of the per-run ratios "+
