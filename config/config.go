@@ -147,7 +147,15 @@ type Cluster struct {
 	BackTimeout   time.Duration
 	Lifetime      time.Duration // 0 = unlimited
 	ProxyProtocol core.ProxyMode
-	Backends      []Backend
+	// Mode is udp (generic flows) or dns (queries multiplexed over shared
+	// upstream sockets); DNS holds the dns mode's settings.
+	Mode Mode
+	DNS  DNS
+	// FailOpen sends new flows to every backend that is not draining when
+	// health checks find none up, instead of dropping them.
+	FailOpen bool
+	Health   Health
+	Backends []Backend
 }
 
 // Backend is one [[cluster.backend]] table.
@@ -195,6 +203,9 @@ func NewCluster(name string) Cluster {
 		Affinity:     core.AffinityIP,
 		FrontTimeout: DefaultTimeout,
 		BackTimeout:  DefaultTimeout,
+		DNS:          DefaultDNS(),
+		FailOpen:     true,
+		Health:       DefaultHealth(),
 	}
 }
 

@@ -53,7 +53,12 @@ func exampleConfig() Config {
 			{
 				Name: "dns", LB: LBMaglev, Affinity: core.AffinityIP, Responses: 1, Requests: 0,
 				FrontTimeout: 5 * time.Second, BackTimeout: 5 * time.Second, Lifetime: 0,
-				ProxyProtocol: core.ProxyOff,
+				ProxyProtocol: core.ProxyOff, Mode: ModeDNS,
+				DNS:      DNS{Sockets: 2, MaxInFlight: 4096, Timeout: 2 * time.Second, TCP: true, TCPIdleTimeout: 10 * time.Second},
+				FailOpen: true,
+				Health: Health{Type: HealthDNS, Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3,
+					Send: "ping", Expect: "pong", DNSName: "example.test.", DNSType: "SOA", DNSRCode: "NOERROR",
+					Passive: true, PassiveFailures: 5, PassiveCooldown: 10 * time.Second},
 				Backends: []Backend{
 					{Name: "ns1", Address: netip.MustParseAddrPort("127.0.0.1:5301"), Weight: 100},
 					{Name: "ns2", Address: netip.MustParseAddrPort("127.0.0.1:5302"), Weight: 200},
@@ -63,6 +68,7 @@ func exampleConfig() Config {
 				Name: "quic", LB: LBHRW, Affinity: core.AffinityIPPort, Responses: 0, Requests: 0,
 				FrontTimeout: 30 * time.Second, BackTimeout: 30 * time.Second, Lifetime: 24 * time.Hour,
 				ProxyProtocol: core.ProxyFirst,
+				DNS:           DefaultDNS(), FailOpen: true, Health: DefaultHealth(),
 				Backends: []Backend{
 					{Address: netip.MustParseAddrPort("[::1]:4434"), Weight: 100},
 					{Name: "quic-b", Address: netip.MustParseAddrPort("127.0.0.1:4435"), Weight: 50},

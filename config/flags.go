@@ -35,6 +35,13 @@ type Flags struct {
 	SteeringKey   string   // --steering-key flow|ip
 	GRO           string   // --gro, --gro=false: "true" or "false"
 	GSO           string   // --gso, --gso=false
+	Mode          string   // --mode udp|dns
+	DNSSockets    string   // --dns-sockets N
+	DNSTimeout    string   // --dns-timeout DURATION
+	DNSTCP        string   // --dns-tcp, --dns-tcp=false
+	Health        string   // --health none|udp|dns|tcp|quic
+	HealthDNSName string   // --health-dns-name NAME
+	HealthSend    string   // --health-send PAYLOAD
 }
 
 // Register defines the quick-start flags on fs, storing into f.
@@ -56,6 +63,16 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.LogLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default info)")
 	fs.StringVar(&f.Steering, "steering", "", "choose each datagram's shard by `MODE`: kernel (SO_REUSEPORT hash), hash or cpu (eBPF; needs CAP_BPF) (default kernel)")
 	fs.StringVar(&f.SteeringKey, "steering-key", "", "what hash steering hashes: `KEY` flow (client IP and port) or ip (default flow)")
+	fs.StringVar(&f.Mode, "mode", "", "cluster `MODE`: udp (a flow per client address) or dns (queries share upstream sockets, IDs rewritten) (default udp)")
+	fs.StringVar(&f.DNSSockets, "dns-sockets", "", "dns mode: `N` upstream sockets per backend and shard (default 2)")
+	fs.StringVar(&f.DNSTimeout, "dns-timeout", "", "dns mode: free a query unanswered after `DURATION` (default 2s)")
+	fs.BoolFunc("dns-tcp", "dns mode: forward DNS over TCP on the listen address; --dns-tcp=false turns it off (default on)", func(s string) error {
+		f.DNSTCP = s
+		return nil
+	})
+	fs.StringVar(&f.Health, "health", "", "active health probe `TYPE`: none, udp, dns, tcp or quic (default none)")
+	fs.StringVar(&f.HealthDNSName, "health-dns-name", "", "dns health probe: query `NAME` (type A, NOERROR expected)")
+	fs.StringVar(&f.HealthSend, "health-send", "", "udp health probe: send `PAYLOAD`; any reply counts as up")
 	fs.BoolFunc("gso", "send a run of equal-size datagrams with one UDP_SEGMENT (GSO) send; --gso=false sends them one by one (default on)", func(s string) error {
 		f.GSO = s
 		return nil
@@ -92,6 +109,13 @@ var flagSpecs = []flagSpec{
 	{"steering-key", []string{"steering_key"}, func(f *Flags) string { return f.SteeringKey }, false, false},
 	{name: "gro", paths: []string{"gro"}, get: func(f *Flags) string { return f.GRO }, bool: true},
 	{name: "gso", paths: []string{"gso"}, get: func(f *Flags) string { return f.GSO }, bool: true},
+	{name: "mode", paths: []string{"cluster[0].mode"}, get: func(f *Flags) string { return f.Mode }},
+	{name: "dns-sockets", paths: []string{"cluster[0].dns_sockets"}, get: func(f *Flags) string { return f.DNSSockets }, int: true},
+	{name: "dns-timeout", paths: []string{"cluster[0].dns_timeout"}, get: func(f *Flags) string { return f.DNSTimeout }},
+	{name: "dns-tcp", paths: []string{"cluster[0].dns_tcp"}, get: func(f *Flags) string { return f.DNSTCP }, bool: true},
+	{name: "health", paths: []string{"cluster[0].health.type"}, get: func(f *Flags) string { return f.Health }},
+	{name: "health-dns-name", paths: []string{"cluster[0].health.dns_name"}, get: func(f *Flags) string { return f.HealthDNSName }},
+	{name: "health-send", paths: []string{"cluster[0].health.send"}, get: func(f *Flags) string { return f.HealthSend }},
 }
 
 // Given returns the quick-start flags that were given, as "--name", so the
@@ -151,7 +175,14 @@ func (f *Flags) Config() (*Config, error) {
 			val = b
 		}
 		for _, p := range s.paths {
-			if k, ok := strings.CutPrefix(p, "cluster[0]."); ok {
+			if k, ok := strings.CutPrefix(p, "cluster[0].health."); ok {
+				h, _ := cl["health"].(map[string]any)
+				if h == nil {
+					h = map[string]any{}
+					cl["health"] = h
+				}
+				h[k] = val
+			} else if k, ok := strings.CutPrefix(p, "cluster[0]."); ok {
 				cl[k] = val
 			} else {
 				top[p] = val

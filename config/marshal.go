@@ -71,7 +71,31 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 		w("back_timeout", cl.BackTimeout)
 		w("lifetime", cl.Lifetime)
 		w("proxy_protocol", cl.ProxyProtocol.String())
+		w("mode", cl.Mode.String())
+		w("dns_sockets", cl.DNS.Sockets)
+		w("dns_max_inflight", cl.DNS.MaxInFlight)
+		w("dns_timeout", cl.DNS.Timeout)
+		w("dns_tcp", cl.DNS.TCP)
+		w("dns_tcp_idle_timeout", cl.DNS.TCPIdleTimeout)
+		w("fail_open", cl.FailOpen)
 		indent = "  "
+		h := &cl.Health
+		b.WriteString("\n  [cluster.health]\n")
+		w("type", h.Type.String())
+		w("interval", h.Interval)
+		w("timeout", h.Timeout)
+		w("rise", h.Rise)
+		w("fall", h.Fall)
+		for _, kv := range [][2]string{{"send", h.Send}, {"expect", h.Expect}, {"expect_regex", h.ExpectRegex}, {"dns_name", h.DNSName}} {
+			if kv[1] != "" {
+				w(kv[0], kv[1])
+			}
+		}
+		w("dns_type", h.DNSType)
+		w("dns_rcode", h.DNSRCode)
+		w("passive", h.Passive)
+		w("passive_failures", h.PassiveFailures)
+		w("passive_cooldown", h.PassiveCooldown)
 		for j := range cl.Backends {
 			be := &cl.Backends[j]
 			b.WriteString("\n  [[cluster.backend]]\n")

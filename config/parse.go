@@ -88,6 +88,15 @@ func decode(raw map[string]any, src *origin) (*Config, error) {
 				item := itemName("cluster", m, i)
 				cl := NewCluster("")
 				decodeTable(d, m, "cluster", path, item, clusterFields, &cl, func(v value) bool {
+					if v.key == "health" {
+						hm, ok := v.raw.(map[string]any)
+						if !ok {
+							v.wrongType("a table ([cluster.health])")
+							return true
+						}
+						decodeTable(d, hm, "cluster.health", v.path, item, healthFields, &cl.Health, nil)
+						return true
+					}
 					if v.key != "backend" {
 						return false
 					}
@@ -98,6 +107,11 @@ func decode(raw map[string]any, src *origin) (*Config, error) {
 					}
 					return true
 				})
+				if hm, _ := m["health"].(map[string]any); cl.Mode == ModeDNS && hm["passive"] == nil {
+					// DNS queries that time out count against their backend
+					// unless [cluster.health] says passive = false.
+					cl.Health.Passive = true
+				}
 				c.Clusters = append(c.Clusters, cl)
 			}
 		default:
@@ -163,6 +177,29 @@ var (
 		{"back_timeout", func(v value, c *Cluster) { v.duration(&c.BackTimeout) }},
 		{"lifetime", func(v value, c *Cluster) { v.duration(&c.Lifetime) }},
 		{"proxy_protocol", func(v value, c *Cluster) { enum(v, &c.ProxyProtocol, core.ParseProxyMode) }},
+		{"mode", func(v value, c *Cluster) { enum(v, &c.Mode, ParseMode) }},
+		{"dns_sockets", func(v value, c *Cluster) { v.int(&c.DNS.Sockets) }},
+		{"dns_max_inflight", func(v value, c *Cluster) { v.int(&c.DNS.MaxInFlight) }},
+		{"dns_timeout", func(v value, c *Cluster) { v.duration(&c.DNS.Timeout) }},
+		{"dns_tcp", func(v value, c *Cluster) { v.bool(&c.DNS.TCP) }},
+		{"dns_tcp_idle_timeout", func(v value, c *Cluster) { v.duration(&c.DNS.TCPIdleTimeout) }},
+		{"fail_open", func(v value, c *Cluster) { v.bool(&c.FailOpen) }},
+	}
+	healthFields = []field[Health]{
+		{"type", func(v value, h *Health) { enum(v, &h.Type, ParseHealthType) }},
+		{"interval", func(v value, h *Health) { v.duration(&h.Interval) }},
+		{"timeout", func(v value, h *Health) { v.duration(&h.Timeout) }},
+		{"rise", func(v value, h *Health) { v.int(&h.Rise) }},
+		{"fall", func(v value, h *Health) { v.int(&h.Fall) }},
+		{"send", func(v value, h *Health) { v.string(&h.Send) }},
+		{"expect", func(v value, h *Health) { v.string(&h.Expect) }},
+		{"expect_regex", func(v value, h *Health) { v.string(&h.ExpectRegex) }},
+		{"dns_name", func(v value, h *Health) { v.string(&h.DNSName) }},
+		{"dns_type", func(v value, h *Health) { v.string(&h.DNSType) }},
+		{"dns_rcode", func(v value, h *Health) { v.string(&h.DNSRCode) }},
+		{"passive", func(v value, h *Health) { v.bool(&h.Passive) }},
+		{"passive_failures", func(v value, h *Health) { v.int(&h.PassiveFailures) }},
+		{"passive_cooldown", func(v value, h *Health) { v.duration(&h.PassiveCooldown) }},
 	}
 	backendFields = []field[Backend]{
 		{"name", func(v value, b *Backend) { v.string(&b.Name) }},
@@ -204,7 +241,8 @@ var schemaTables = []struct {
 }{
 	{"", "the top level", append(fieldKeys(topFields), "listener", "cluster")},
 	{"listener", "[[listener]]", fieldKeys(listenerFields)},
-	{"cluster", "[[cluster]]", append(fieldKeys(clusterFields), "backend")},
+	{"cluster", "[[cluster]]", append(fieldKeys(clusterFields), "backend", "health")},
+	{"cluster.health", "[cluster.health]", fieldKeys(healthFields)},
 	{"cluster.backend", "[[cluster.backend]]", fieldKeys(backendFields)},
 }
 

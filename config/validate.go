@@ -5,10 +5,12 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"time"
 
 	"github.com/fastudp/fastudp/core"
+	"github.com/fastudp/fastudp/dns"
 )
 
 // Validate reports the first problem of c as an [*Error]: a value out of
@@ -181,6 +183,8 @@ func (v *validator) cluster(c *Config, i int) {
 	if cl.Lifetime < 0 {
 		v.fail(joinPath(path, "lifetime"), item, "lifetime", "%v is negative", cl.Lifetime)
 	}
+	v.dnsMode(cl, path, item)
+	v.health(cl, joinPath(path, "health"), item)
 	if len(cl.Backends) == 0 && cl.Name != "" {
 		for j := range c.Listeners {
 			if c.Listeners[j].Cluster == cl.Name {
@@ -323,4 +327,66 @@ func backendItem(b *Backend, i int) string {
 		return fmt.Sprintf("backend %q", b.Label())
 	}
 	return fmt.Sprintf("backend #%d", i+1)
+}
+
+func (v *validator) dnsMode(cl *Cluster, path, item string) {
+	if cl.Mode > ModeDNS {
+		v.fail(joinPath(path, "mode"), item, "mode", "%v is not valid, want udp or dns", cl.Mode)
+	}
+	d := &cl.DNS
+	v.intRangeAt(d.Sockets, 1, MaxDNSSockets, joinPath(path, "dns_sockets"), item, "dns_sockets")
+	v.intRangeAt(d.MaxInFlight, 1, MaxDNSMaxInFlight, joinPath(path, "dns_max_inflight"), item, "dns_max_inflight")
+	for _, t := range []struct {
+		key string
+		d   time.Duration
+	}{{"dns_timeout", d.Timeout}, {"dns_tcp_idle_timeout", d.TCPIdleTimeout}} {
+		if t.d <= 0 {
+			v.fail(joinPath(path, t.key), item, t.key, "%v: must be greater than 0", t.d)
+		}
+	}
+	if cl.Mode == ModeDNS && cl.ProxyProtocol != core.ProxyOff {
+		v.fail(joinPath(path, "proxy_protocol"), item, "proxy_protocol", "%v cannot be used with mode = \"dns\": a PROXY header in front of a DNS message is not DNS", cl.ProxyProtocol)
+	}
+}
+
+func (v *validator) health(cl *Cluster, path, item string) {
+	h := &cl.Health
+	if h.Type > HealthQUIC {
+		v.fail(joinPath(path, "type"), item, "type", "%v is not valid, want none, udp, dns, tcp or quic", h.Type)
+	}
+	for _, t := range []struct {
+		key string
+		d   time.Duration
+	}{{"interval", h.Interval}, {"timeout", h.Timeout}, {"passive_cooldown", h.PassiveCooldown}} {
+		if t.d <= 0 {
+			v.fail(joinPath(path, t.key), item, t.key, "%v: must be greater than 0", t.d)
+		}
+	}
+	v.intRangeAt(h.Rise, 1, 1000, joinPath(path, "rise"), item, "rise")
+	v.intRangeAt(h.Fall, 1, 1000, joinPath(path, "fall"), item, "fall")
+	v.intRangeAt(h.PassiveFailures, 1, 1<<30, joinPath(path, "passive_failures"), item, "passive_failures")
+	if _, err := dns.ParseType(h.DNSType); err != nil {
+		v.fail(joinPath(path, "dns_type"), item, "dns_type", "%q is not a DNS record type", h.DNSType)
+	}
+	if _, err := dns.ParseRCode(h.DNSRCode); err != nil {
+		v.fail(joinPath(path, "dns_rcode"), item, "dns_rcode", "%q is not a DNS response code", h.DNSRCode)
+	}
+	if h.DNSName != "" {
+		if _, err := dns.AppendName(nil, h.DNSName); err != nil {
+			v.fail(joinPath(path, "dns_name"), item, "dns_name", "%q is not a domain name", h.DNSName)
+		}
+	}
+	if h.ExpectRegex != "" {
+		if _, err := regexp.Compile(h.ExpectRegex); err != nil {
+			v.fail(joinPath(path, "expect_regex"), item, "expect_regex", "%v", err)
+		}
+	}
+	switch {
+	case h.Type == HealthDNS && h.DNSName == "":
+		v.fail(joinPath(path, "dns_name"), item, "dns_name", "is required with type = \"dns\"")
+	case h.Type == HealthUDP && h.Send == "":
+		v.fail(joinPath(path, "send"), item, "send", "is required with type = \"udp\"")
+	case h.Expect != "" && h.ExpectRegex != "":
+		v.fail(joinPath(path, "expect_regex"), item, "expect_regex", "cannot be used with expect: give one")
+	}
 }
