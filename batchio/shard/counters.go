@@ -2,6 +2,7 @@ package shard
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/fastudp/fastudp/core"
 )
@@ -38,8 +39,13 @@ const (
 	ListenerTruncated   // receives with MSG_CTRUNC, or a GRO run cut by MSG_TRUNC (a plain oversize datagram is the core's DropOversize)
 	ListenerSendErrors  // hard errors sending to clients
 	ListenerQueueFull   // client-bound datagrams dropped: write queue full
-	ListenerDropBase    // + core.DropReason: core drops by reason (segments)
-	numListenerCounters = ListenerDropBase + core.NumDropReasons
+	// DNS mode.
+	ListenerDNSQueries   // queries received (GRO segments one by one)
+	ListenerDNSMalformed // datagrams that are not a DNS query with one well-formed question
+	ListenerDNSNoBackend // queries dropped: no usable backend
+	ListenerDNSStopping  // queries dropped while the shard drains to stop
+	ListenerDropBase     // + core.DropReason: core drops by reason (segments)
+	numListenerCounters  = ListenerDropBase + core.NumDropReasons
 )
 
 // Per-backend counters, offset within a backend's block.
@@ -54,8 +60,30 @@ const (
 	BackendRefused      // ECONNREFUSED (ICMP port unreachable) on an upstream socket
 	BackendSendErrors   // other hard send errors
 	BackendQueueFull    // datagrams dropped: upstream write queue full
-	numBackendCounters
+	// DNS mode.
+	BackendDNSQueries    // queries sent to the backend
+	BackendDNSAnswers    // answers matched to their query and returned
+	BackendDNSTimeouts   // queries unanswered within dns_timeout
+	BackendDNSReleased   // queries whose send failed (their ID freed at once)
+	BackendDNSMismatched // replies whose ID is outstanding but whose question differs
+	BackendDNSUnknown    // replies whose ID is not outstanding (late, duplicate or forged)
+	BackendDNSMalformed  // replies that are not a DNS response with one question, or too long
+	BackendDNSTruncated  // answers with TC set (passed on: the client retries over TCP)
+	BackendDNSShed       // queries dropped: every socket of the backend had dns_max_inflight outstanding
+	BackendDNSLatencySum // nanoseconds from query sent to answer received, summed
+	// BackendDNSLatencyBucket + i counts answers with latency at most
+	// DNSLatencyBuckets[i]; the last, + len(DNSLatencyBuckets), the rest.
+	BackendDNSLatencyBucket
+	numBackendCounters = BackendDNSLatencyBucket + len(DNSLatencyBuckets) + 1
 )
+
+// DNSLatencyBuckets are the upper bounds of the DNS answer latency histogram.
+var DNSLatencyBuckets = [...]time.Duration{
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2500 * time.Millisecond,
+}
 
 // Counters holds one shard's counters: a local array written only by the
 // shard, and its published copy read by metrics exporters.

@@ -41,8 +41,10 @@ type GroupOptions struct {
 	BatchSize                          int
 	UpstreamSources                    []netip.Addr
 	SocketRecvBuffer, SocketSendBuffer int
-	Picker                             Picker
-	Logger, AccessLog                  *slog.Logger
+	// DNSSocketBuffer is as in [Options].
+	DNSSocketBuffer   int
+	Picker            Picker
+	Logger, AccessLog *slog.Logger
 	// PinCPUs pins shard i to CPU i modulo the CPUs the process may use.
 	PinCPUs bool
 	// Steering chooses each listener's shard per datagram (an eBPF
@@ -147,6 +149,7 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			UpstreamSources:  o.UpstreamSources,
 			SocketRecvBuffer: o.SocketRecvBuffer,
 			SocketSendBuffer: o.SocketSendBuffer,
+			DNSSocketBuffer:  o.DNSSocketBuffer,
 			GRO:              o.GRO,
 			NoGSO:            o.NoGSO,
 			CPU:              cpu,

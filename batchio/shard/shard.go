@@ -39,6 +39,9 @@ type Listener struct {
 	Name    string
 	Addr    netip.AddrPort
 	Cluster core.ClusterConfig
+	// DNS, when set, serves the listener in DNS mode (see [DNSListener]):
+	// queries share upstream sockets instead of being flows.
+	DNS *DNSListener
 }
 
 // Options configures a [Shard].
@@ -63,6 +66,9 @@ type Options struct {
 	UpstreamSources []netip.Addr
 	// SocketRecvBuffer and SocketSendBuffer size upstream sockets (0 = default).
 	SocketRecvBuffer, SocketSendBuffer int
+	// DNSSocketBuffer sizes the shared upstream sockets of DNS-mode
+	// backends, both directions (0 = the kernel's default).
+	DNSSocketBuffer int
 	// GRO turns UDP_GRO on for upstream sockets and sizes every receive
 	// buffer for a coalesced run ([batchio.GROBufferSize]); set it whenever
 	// the listener sockets have GRO on (batchio.ListenOptions.GRO), or runs
@@ -104,6 +110,7 @@ const (
 	tokenWake int32 = iota
 	tokenListener
 	tokenUpstream
+	tokenDNSUpstream
 )
 
 // queued is a datagram copied into a pool buffer to wait for a writable socket.
@@ -191,6 +198,7 @@ type Shard struct {
 	stopping bool
 	closed   bool
 	warned   map[string]bool // anomalies already logged once
+	dns      dnsState
 }
 
 // New creates a shard over already bound listener sockets.
@@ -249,6 +257,7 @@ func New(opts Options) (*Shard, error) {
 		s.closeAll()
 		return nil, fmt.Errorf("shard %d: %w", opts.Index, err)
 	}
+	s.initDNS()
 	return s, nil
 }
 
@@ -360,7 +369,11 @@ func (s *Shard) Run(ctx context.Context) error {
 					s.flushClientQueue(int(ev.Pad))
 				}
 				if ev.Events&(unix.EPOLLIN|unix.EPOLLERR) != 0 {
-					s.readListener(int(ev.Pad), now)
+					if li := int(ev.Pad); li < len(s.dns.listener) && s.dns.listener[li] {
+						s.readDNSListener(li, now)
+					} else {
+						s.readListener(li, now)
+					}
 				}
 			case tokenUpstream:
 				if ev.Events&unix.EPOLLOUT != 0 {
@@ -369,19 +382,26 @@ func (s *Shard) Run(ctx context.Context) error {
 				if ev.Events&(unix.EPOLLIN|unix.EPOLLERR) != 0 {
 					s.readUpstream(int(ev.Pad), now)
 				}
+			case tokenDNSUpstream:
+				s.readDNSUpstream(int(ev.Pad), now)
 			}
+		}
+		if now >= s.dns.deadline {
+			s.expireDNS(now)
 		}
 		s.flushUpstreamInputs(now)
 		if now >= s.deadline {
 			s.inputs = append(s.inputs, core.TimerFired())
 			s.process(now)
 		}
-		if s.stopping && (s.mgr.FlowCount() == 0 || now >= s.stopAt) {
+		if s.stopping && (s.mgr.FlowCount() == 0 && s.dnsInFlight() == 0 || now >= s.stopAt) {
 			s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigCloseAll}))
 			s.process(now)
+			s.publishDNS()
 			s.counters.publish()
 			return nil
 		}
+		s.publishDNS()
 		s.counters.publish()
 	}
 }
@@ -389,7 +409,7 @@ func (s *Shard) Run(ctx context.Context) error {
 // waitMillis converts the next deadline into an epoll timeout, rounding up
 // so the loop never wakes just before it.
 func (s *Shard) waitMillis(now core.Time) int {
-	d := s.deadline
+	d := min(s.deadline, s.dns.deadline)
 	if s.stopping {
 		d = min(d, s.stopAt)
 	}
@@ -943,6 +963,7 @@ func (s *Shard) closeAll() {
 			s.ups[i] = upstream{fd: -1}
 		}
 	}
+	s.closeDNS()
 	for _, fd := range s.opts.ListenerFDs {
 		unix.Close(fd)
 	}

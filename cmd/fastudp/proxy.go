@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,6 +61,9 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 	for i, l := range cfg.Listeners {
 		cc, _ := cfg.ListenerCoreConfig(i)
 		listeners[i] = shard.Listener{Name: l.Name, Addr: l.Address, Cluster: cc}
+		if cl := cfg.Cluster(l.Cluster); cl != nil && cl.Mode == config.ModeDNS {
+			listeners[i].DNS = &shard.DNSListener{Sockets: cl.DNS.Sockets, MaxInFlight: cl.DNS.MaxInFlight, Timeout: cl.DNS.Timeout}
+		}
 	}
 	g, err := shard.NewGroup(shard.GroupOptions{
 		Shards:          shards,
@@ -70,14 +74,17 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		BatchSize:       cfg.BatchSize,
 		UpstreamSources: cfg.UpstreamSources,
 		// Upstream sockets keep the kernel's default buffers: each carries
-		// one flow, and sizing them costs syscalls on every new flow.
-		Picker:    picker,
-		Logger:    log,
-		AccessLog: accessLog,
-		PinCPUs:   cfg.CPUPinning,
-		GRO:       cfg.GRO,
-		NoGSO:     !cfg.GSO,
-		Steering:  steeringOptions(cfg),
+		// one flow, and sizing them costs syscalls on every new flow. The
+		// few shared sockets of DNS mode carry many queries each and get
+		// the listeners' size.
+		DNSSocketBuffer: max(cfg.SocketReceiveBuffer, cfg.SocketSendBuffer),
+		Picker:          picker,
+		Logger:          log,
+		AccessLog:       accessLog,
+		PinCPUs:         cfg.CPUPinning,
+		GRO:             cfg.GRO,
+		NoGSO:           !cfg.GSO,
+		Steering:        steeringOptions(cfg),
 	})
 	if err != nil {
 		p.closeAccess()
@@ -87,6 +94,9 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 	p.registry = prometheus.NewRegistry()
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.registry.MustRegister(shard.NewCollector(g.Shards(), picker.listenerLabels(cfg), picker.backendLabels))
+	if dnsL, dnsB := dnsModeIDs(cfg); slices.Contains(dnsL, true) {
+		p.registry.MustRegister(shard.NewDNSCollector(g.Shards(), picker.listenerLabels(cfg), picker.backendLabels, dnsL, dnsB))
+	}
 	names := make([]string, len(cfg.Listeners))
 	for i, l := range cfg.Listeners {
 		names[i] = l.Name
@@ -117,6 +127,23 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		log.Info("metrics", "address", "http://"+p.metricsL.Addr().String()+"/metrics")
 	}
 	return p, nil
+}
+
+// dnsModeIDs says which listeners (by ListenerID) and backends (by
+// BackendID, numbered across clusters in config order) are in DNS mode.
+func dnsModeIDs(cfg *config.Config) (listeners, backends []bool) {
+	listeners = make([]bool, len(cfg.Listeners))
+	for i, l := range cfg.Listeners {
+		if cl := cfg.Cluster(l.Cluster); cl != nil {
+			listeners[i] = cl.Mode == config.ModeDNS
+		}
+	}
+	for _, cl := range cfg.Clusters {
+		for range cl.Backends {
+			backends = append(backends, cl.Mode == config.ModeDNS)
+		}
+	}
+	return listeners, backends
 }
 
 // steeringOptions maps the config's steering keys to the group's.

@@ -1,0 +1,338 @@
+package shard
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fastudp/fastudp/core"
+	"github.com/fastudp/fastudp/dns"
+)
+
+// dnsResponder is an in-test DNS backend: it answers each query by echoing
+// it with QR set and, through hook, lets a test forge or withhold replies.
+type dnsResponder struct {
+	conn *net.UDPConn
+	mu   sync.Mutex
+	ids  map[uint16]int          // query IDs seen
+	srcs map[netip.AddrPort]bool // source addresses seen
+	hook func(q []byte) [][]byte // replies to send instead of the echo; nil: echo
+	last netip.AddrPort          // source of the last query
+	seen int
+}
+
+func newDNSResponder(t *testing.T) *dnsResponder {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &dnsResponder{conn: c, ids: map[uint16]int{}, srcs: map[netip.AddrPort]bool{}}
+	t.Cleanup(func() { c.Close() })
+	go r.serve()
+	return r
+}
+
+func (r *dnsResponder) addr() netip.AddrPort { return r.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+func (r *dnsResponder) setHook(h func(q []byte) [][]byte) {
+	r.mu.Lock()
+	r.hook = h
+	r.mu.Unlock()
+}
+
+func (r *dnsResponder) serve() {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := r.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		q := append([]byte(nil), buf[:n]...)
+		r.mu.Lock()
+		if len(q) >= 2 {
+			r.ids[dns.ID(q)]++
+		}
+		r.srcs[from] = true
+		r.last = from
+		r.seen++
+		hook := r.hook
+		r.mu.Unlock()
+		replies := [][]byte{echoAnswer(q)}
+		if hook != nil {
+			replies = hook(q)
+		}
+		for _, a := range replies {
+			r.conn.WriteToUDPAddrPort(a, from)
+		}
+	}
+}
+
+func (r *dnsResponder) stats() (queries, sources int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seen, len(r.srcs)
+}
+
+// echoAnswer turns a query into a response: the same bytes with QR set.
+func echoAnswer(q []byte) []byte {
+	a := append([]byte(nil), q...)
+	if len(a) > 2 {
+		a[2] |= 0x80
+	}
+	return a
+}
+
+func query(t testing.TB, id uint16, name string) []byte {
+	t.Helper()
+	q, err := dns.AppendQuery(nil, id, name, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
+func dnsGroup(t *testing.T, backend netip.AddrPort, o DNSListener) *testGroup {
+	t.Helper()
+	g := oneListener("127.0.0.1:0", core.ClusterConfig{}, fixedPicker{{ID: 0, Addr: backend}})
+	g.Listeners[0].DNS = &o
+	return startGroup(t, g)
+}
+
+func dnsClient(t *testing.T, to netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(to))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func readAnswer(c *net.UDPConn, timeout time.Duration) ([]byte, error) {
+	buf := make([]byte, 65536)
+	c.SetReadDeadline(time.Now().Add(timeout))
+	n, err := c.Read(buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// TestDNSModeSharesSocketsAndRestoresIDs sends queries with the same ID
+// from many clients: the backend sees them on at most Sockets source
+// addresses, each under an ID of the proxy's choosing, and every client gets
+// its own answer under its own ID.
+func TestDNSModeSharesSocketsAndRestoresIDs(t *testing.T) {
+	r := newDNSResponder(t)
+	g := dnsGroup(t, r.addr(), DNSListener{Sockets: 2, MaxInFlight: 100, Timeout: 5 * time.Second})
+	const clients, rounds = 20, 5
+	conns := make([]*net.UDPConn, clients)
+	for i := range conns {
+		conns[i] = dnsClient(t, g.addr())
+	}
+	for round := range rounds {
+		for i, c := range conns {
+			name := "c" + string(rune('a'+i)) + ".example.test."
+			if _, err := c.Write(query(t, 0x4242, name)); err != nil {
+				t.Fatal(err)
+			}
+			_ = round
+		}
+		for i, c := range conns {
+			a, err := readAnswer(c, waitTimeout)
+			if err != nil {
+				t.Fatalf("client %d round %d: %v", i, round, err)
+			}
+			q, err := dns.ParseQuestion(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := "c" + string(rune('a'+i)) + ".example.test."
+			if dns.ID(a) != 0x4242 || dns.NameString(q.Name) != want || a[2]&0x80 == 0 {
+				t.Fatalf("client %d got id %#x name %s, want 0x4242 %s", i, dns.ID(a), dns.NameString(q.Name), want)
+			}
+		}
+	}
+	queries, sources := r.stats()
+	if queries != clients*rounds || sources > 2 {
+		t.Fatalf("backend saw %d queries from %d sources, want %d from at most 2", queries, sources, clients*rounds)
+	}
+	r.mu.Lock()
+	if r.ids[0x4242] == clients*rounds {
+		t.Error("IDs were not rewritten")
+	}
+	r.mu.Unlock()
+	waitValue(t, "answers", func() uint64 { return g.backend(0, BackendDNSAnswers) }, clients*rounds)
+	if n := g.openSockets(0); n != 2 {
+		t.Fatalf("%d upstream sockets, want 2", n)
+	}
+}
+
+// TestDNSModeDropsForgedReplies: a reply with the right ID but another
+// question, and one with an ID not outstanding, are dropped and counted; the
+// real answer still reaches the client, once.
+func TestDNSModeDropsForgedReplies(t *testing.T) {
+	r := newDNSResponder(t)
+	r.setHook(func(q []byte) [][]byte {
+		forged := echoAnswer(query(t, dns.ID(q), "evil.example.test."))
+		unknown := echoAnswer(q)
+		dns.SetID(unknown, dns.ID(q)+1)
+		return [][]byte{forged, unknown, echoAnswer(q), echoAnswer(q)}
+	})
+	g := dnsGroup(t, r.addr(), DNSListener{Sockets: 1, MaxInFlight: 10, Timeout: 5 * time.Second})
+	c := dnsClient(t, g.addr())
+	if _, err := c.Write(query(t, 7, "good.example.test.")); err != nil {
+		t.Fatal(err)
+	}
+	a, err := readAnswer(c, waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := dns.ParseQuestion(a)
+	if dns.ID(a) != 7 || dns.NameString(q.Name) != "good.example.test." {
+		t.Fatalf("got %#x %s", dns.ID(a), dns.NameString(q.Name))
+	}
+	if _, err := readAnswer(c, 300*time.Millisecond); err == nil {
+		t.Fatal("a second answer reached the client")
+	}
+	waitValue(t, "mismatched", func() uint64 { return g.backend(0, BackendDNSMismatched) }, 1)
+	// The unknown ID and the duplicate answer.
+	waitValue(t, "unknown", func() uint64 { return g.backend(0, BackendDNSUnknown) }, 2)
+	waitValue(t, "answers", func() uint64 { return g.backend(0, BackendDNSAnswers) }, 1)
+}
+
+// TestDNSModeSpoofedSourceIgnored: a reply from another address than the
+// backend's never reaches the proxy's connected socket.
+func TestDNSModeSpoofedSourceIgnored(t *testing.T) {
+	r := newDNSResponder(t)
+	r.setHook(func(q []byte) [][]byte { return nil }) // the backend never answers
+	g := dnsGroup(t, r.addr(), DNSListener{Sockets: 1, MaxInFlight: 10, Timeout: 5 * time.Second})
+	c := dnsClient(t, g.addr())
+	q := query(t, 9, "x.example.test.")
+	if _, err := c.Write(q); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, waitTimeout, "query at the backend", func() bool { n, _ := r.stats(); return n == 1 })
+	r.mu.Lock()
+	proxySock := r.last
+	r.mu.Unlock()
+	// An attacker answering from another port, with every ID.
+	evil, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evil.Close()
+	for id := range 1 << 16 {
+		a := echoAnswer(q)
+		dns.SetID(a, uint16(id))
+		if _, err := evil.WriteToUDPAddrPort(a, proxySock); err != nil {
+			t.Fatal(err)
+		}
+		if id%4096 == 4095 {
+			time.Sleep(time.Millisecond) // keep the socket buffer from overflowing
+		}
+	}
+	if a, err := readAnswer(c, 500*time.Millisecond); err == nil {
+		t.Fatalf("a forged answer reached the client: %x", a)
+	}
+	if n := g.backend(0, BackendDNSAnswers) + g.backend(0, BackendDNSUnknown); n != 0 {
+		t.Fatalf("the proxy read %d forged replies", n)
+	}
+}
+
+// TestDNSModeIDExhaustionSheds: with one socket of 4 IDs and a silent
+// backend, the 5th to 10th queries are shed and counted; after the timeout
+// the 4 outstanding ones count as timeouts and their IDs are free again.
+func TestDNSModeIDExhaustionSheds(t *testing.T) {
+	r := newDNSResponder(t)
+	r.setHook(func(q []byte) [][]byte { return nil })
+	g := dnsGroup(t, r.addr(), DNSListener{Sockets: 1, MaxInFlight: 4, Timeout: 300 * time.Millisecond})
+	c := dnsClient(t, g.addr())
+	for i := range 10 {
+		if _, err := c.Write(query(t, uint16(i), "s.example.test.")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitValue(t, "shed", func() uint64 { return g.backend(0, BackendDNSShed) }, 6)
+	waitValue(t, "timeouts", func() uint64 { return g.backend(0, BackendDNSTimeouts) }, 4)
+	if n, _ := r.stats(); n != 4 {
+		t.Fatalf("backend got %d queries, want 4", n)
+	}
+	if n, ok := g.Shards()[0].DNSInUse(0, 0); !ok || n != 0 {
+		t.Fatalf("ids in use %d (socket open %v), want 0", n, ok)
+	}
+	r.setHook(nil)
+	if _, err := c.Write(query(t, 99, "again.example.test.")); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := readAnswer(c, waitTimeout); err != nil || dns.ID(a) != 99 {
+		t.Fatalf("after the timeouts: %v", err)
+	}
+}
+
+// TestDNSModeMalformedQueries: each kind of bad query is a counted drop and
+// never reaches the backend.
+func TestDNSModeMalformedQueries(t *testing.T) {
+	r := newDNSResponder(t)
+	g := dnsGroup(t, r.addr(), DNSListener{Sockets: 1, MaxInFlight: 10, Timeout: time.Second})
+	c := dnsClient(t, g.addr())
+	good := query(t, 1, "ok.example.test.")
+	twoQ := append([]byte(nil), good...)
+	twoQ[5] = 2
+	response := echoAnswer(good)
+	cut := good[:len(good)-1]
+	bad := [][]byte{{}, {1, 2, 3}, good[:dns.HeaderLen], twoQ, response, cut, make([]byte, 5000)}
+	for _, b := range bad {
+		if _, err := c.Write(b); err != nil && !errors.Is(err, net.ErrClosed) {
+			t.Fatal(err)
+		}
+	}
+	waitValue(t, "malformed", func() uint64 { return g.listener(ListenerDNSMalformed) }, uint64(len(bad)))
+	if n, _ := r.stats(); n != 0 {
+		t.Fatalf("backend got %d malformed queries", n)
+	}
+	if _, err := c.Write(good); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := readAnswer(c, waitTimeout); err != nil || dns.ID(a) != 1 {
+		t.Fatalf("good query after bad ones: %v", err)
+	}
+}
+
+// TestDNSModeAllocatesNothing checks the steady-state query path through a
+// live shard does not allocate: a burst of queries and answers, measured
+// with the runtime's allocation counter over the whole process.
+func TestDNSModeGRORunOfQueries(t *testing.T) {
+	r := newDNSResponder(t)
+	o := oneListener("127.0.0.1:0", core.ClusterConfig{}, fixedPicker{{ID: 0, Addr: r.addr()}})
+	o.Listeners[0].DNS = &DNSListener{Sockets: 1, MaxInFlight: 100, Timeout: 5 * time.Second}
+	o.GRO = true
+	g := startGroup(t, o)
+	c := dnsClient(t, g.addr())
+	// Equal-size queries from one socket may be coalesced by GRO: each must
+	// still be answered on its own.
+	const n = 32
+	for i := range n {
+		if _, err := c.Write(query(t, uint16(1000+i), "gro.example.test.")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[uint16]bool{}
+	for range n {
+		a, err := readAnswer(c, waitTimeout)
+		if err != nil {
+			t.Fatalf("after %d answers: %v", len(got), err)
+		}
+		got[dns.ID(a)] = true
+	}
+	for i := range n {
+		if !got[uint16(1000+i)] {
+			t.Fatalf("no answer for query %d", 1000+i)
+		}
+	}
+	t.Logf("GRO runs received: %d", g.shard(ShardGRORuns))
+}
