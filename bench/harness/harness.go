@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -72,8 +73,18 @@ type Options struct {
 	TTY      bool      // draw a progress bar instead of lines
 }
 
-// DefaultScenarios is every scenario, in report order.
+// DefaultScenarios are the scenarios run when none are named, in report
+// order: all but dnsperf, which needs dnsperf and knot and is run by name.
 var DefaultScenarios = []string{"small-pps", "dns-qps", "bulk-gso", "flow-churn", "latency", "many-flows", "new-flow-flood"}
+
+// scenarioNames lists every scenario.
+func scenarioNames() string {
+	var n []string
+	for _, s := range scenarios {
+		n = append(n, s.name)
+	}
+	return strings.Join(n, ", ")
+}
 
 // DefaultTargets are the targets run when none are named.
 var DefaultTargets = []string{"fastudp", "fastudp-2", "floor", "nginx", "dnsdist", "socat", "direct"}
@@ -132,7 +143,7 @@ func (o *Options) defaults() error {
 	}
 	for _, s := range o.Scenarios {
 		if findScenario(s) == nil {
-			return fmt.Errorf("bench: unknown scenario %q (have %s)", s, strings.Join(DefaultScenarios, ", "))
+			return fmt.Errorf("bench: unknown scenario %q (have %s)", s, scenarioNames())
 		}
 	}
 	if o.Bin == "" {
@@ -192,12 +203,22 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	raiseNoFile()
 	h := &harness{o: o}
+	defer h.close()
 	res := &Result{Options: o, Started: time.Now()}
 	tgs, skipped, err := h.targets()
 	if err != nil {
 		return nil, err
 	}
 	res.Skipped = skipped
+	if slices.Contains(o.Scenarios, "dnsperf") {
+		if err := h.checkDnsperf(); err != nil {
+			if os.Getenv("CI") == "true" {
+				return nil, fmt.Errorf("bench: scenario dnsperf: %w", err)
+			}
+			res.Skipped = append(res.Skipped, fmt.Sprintf("scenario dnsperf: %v", err))
+			o.Scenarios = slices.DeleteFunc(slices.Clone(o.Scenarios), func(s string) bool { return s == "dnsperf" })
+		}
+	}
 	if h.queries, err = loadQueries(o.PeersDir); err != nil {
 		return nil, err
 	}
@@ -228,6 +249,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 	if len(jobs) == 0 {
+		if len(res.Skipped) > 0 {
+			return nil, fmt.Errorf("bench: no scenario applies to the targets given (skipped: %s)", strings.Join(res.Skipped, "; "))
+		}
 		return nil, errors.New("bench: no scenario applies to the targets given")
 	}
 	pb := newProgress(o.Progress, o.TTY, len(jobs))
@@ -272,6 +296,20 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 type harness struct {
 	o       Options
 	queries []loadgen.Query
+
+	knot       *target.Instance // the dnsperf scenario's backend, shared by its runs
+	queriesTmp string           // generated dnsperf data file, if queries.txt is missing
+}
+
+// close stops what the scenarios shared across measurements.
+func (h *harness) close() {
+	if h.knot != nil {
+		h.knot.Stop()
+		h.knot = nil
+	}
+	if h.queriesTmp != "" {
+		os.Remove(h.queriesTmp)
+	}
 }
 
 // targets builds the requested targets. A missing peer is an error under
@@ -299,6 +337,17 @@ func (h *harness) targets() ([]target.Target, []string, error) {
 			tg = target.Dnsdist{Script: filepath.Join(h.o.PeersDir, "start-dnsdist.sh")}
 		case name == "socat":
 			tg = target.Socat{Idle: 2}
+		case name == "fastudp-dns" || strings.HasPrefix(name, "fastudp-dns-"):
+			shards := 1
+			if s, ok := strings.CutPrefix(name, "fastudp-dns-"); ok {
+				n, err := strconv.Atoi(s)
+				if err != nil || n < 1 || n > 256 {
+					return nil, nil, fmt.Errorf("bench: target %q: want fastudp-dns or fastudp-dns-N, N shards", name)
+				}
+				shards = n
+			}
+			args := append(append([]string{}, h.o.FastudpArgs...), "--mode", "dns")
+			tg = target.Fastudp{Bin: h.o.Bin, Shards: shards, Metrics: true, Label: name, Args: args}
 		case name == "fastudp" || strings.HasPrefix(name, "fastudp-"):
 			shards := 1
 			if s, ok := strings.CutPrefix(name, "fastudp-"); ok {
@@ -310,7 +359,7 @@ func (h *harness) targets() ([]target.Target, []string, error) {
 			}
 			tg = target.Fastudp{Bin: h.o.Bin, Shards: shards, Metrics: true, Label: name, Args: h.o.FastudpArgs}
 		default:
-			return nil, nil, fmt.Errorf("bench: unknown target %q (have fastudp, fastudp-N, floor, nginx, dnsdist, socat, direct)", name)
+			return nil, nil, fmt.Errorf("bench: unknown target %q (have fastudp, fastudp-N, fastudp-dns, fastudp-dns-N, floor, nginx, dnsdist, socat, direct)", name)
 		}
 		if c, ok := tg.(target.Checker); ok {
 			if err := c.Check(); err != nil {

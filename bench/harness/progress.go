@@ -64,5 +64,11 @@ func (m *Measurement) summary() string {
 	if m.CPUPerDatagram > 0 {
 		s += fmt.Sprintf(", CPU %.2f µs/datagram", m.CPUPerDatagram)
 	}
+	if q, ok := m.Extra["cpu_us_per_query"]; ok {
+		s += fmt.Sprintf(" (%.2f µs/query)", q)
+	}
+	if q, ok := m.Extra["dnsperf_us_per_query"]; ok {
+		s += fmt.Sprintf(", dnsperf %.2f µs/query", q)
+	}
 	return s
 }

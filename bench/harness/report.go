@@ -99,6 +99,9 @@ var extraCols = map[string][]extraCol{
 		{"open-file limit", "nofile_limit", "%.0f", 1}},
 	"new-flow-flood": {{"flood sent", "flood_sent", "%.0f", 1}, {"flood served", "flood_served", "%.0f", 1},
 		{"shed", "shed", "%.0f", 1}, {"flows created", "created", "%.0f", 1}, {"established loss %", "established_loss", "%.3f", 100}},
+	"dnsperf": {{"CPU µs/query", "cpu_us_per_query", "%.2f", 1}, {"dnsperf CPU µs/query", "dnsperf_us_per_query", "%.2f", 1},
+		{"knot CPU µs/query", "knot_us_per_query", "%.2f", 1}, {"avg latency µs", "avg_latency_us", "%.0f", 1},
+		{"answers not NOERROR", "not_noerror", "%.0f", 1}},
 }
 
 // peers are the targets fastudp is compared with, in ratio columns.
@@ -135,7 +138,7 @@ func markdown(res *Result) string {
 	p("- CPU: utime+stime of the target's process tree (and reaped children) from /proc, divided by the datagrams " +
 		"that crossed it in both directions (requests + replies): **µs per datagram** (twice that per round trip). " +
 		"Ratios are medians of per-run ratios. floor = bench/floor's minimal recvmmsg/sendmmsg forwarders (the opaque " +
-		"relay; the ID-rewriting DNS forwarder in dns-qps). Latencies are round trips.\n")
+		"relay; the ID-rewriting DNS forwarder in dns-qps and dnsperf). Latencies are round trips.\n")
 	for _, s := range res.Skipped {
 		p("- Skipped: %s.\n", s)
 	}
@@ -239,6 +242,9 @@ func markdown(res *Result) string {
 		p("\n")
 		if s == "latency" {
 			addedLatency(&b, t)
+		}
+		if s == "dnsperf" {
+			dnsperfReport(&b, t)
 		}
 	}
 	var failed []string

@@ -26,16 +26,27 @@ type scenario struct {
 
 func isFastudp(name string) bool { return name == "fastudp" || strings.HasPrefix(name, "fastudp-") }
 
+// dnsOnly reports whether a target forwards DNS only: dnsdist, and fastudp
+// in its DNS mode (fastudp-dns, fastudp-dns-N).
+func dnsOnly(name string) bool { return name == "dnsdist" || strings.HasPrefix(name, "fastudp-dns") }
+
+// notDNSOnly is for scenarios whose payloads are not DNS.
+func notDNSOnly(name string) bool { return !dnsOnly(name) }
+
+// fastudpGeneric is fastudp in its generic (udp) mode.
+func fastudpGeneric(name string) bool { return isFastudp(name) && !dnsOnly(name) }
+
 func all(string) bool { return true }
 
-// churnTargets leaves out socat (a fork per new client) and dnsdist (DNS only).
-func churnTargets(name string) bool { return name != "socat" && name != "dnsdist" }
+// churnTargets leaves out socat (a fork per new client) and the DNS-only
+// targets.
+func churnTargets(name string) bool { return name != "socat" && !dnsOnly(name) }
 
 var scenarios = []*scenario{
 	{
 		name: "small-pps", title: "Small datagrams (64 B), established flows",
 		about:   "open loop at --rate requests/s (default 25,000) over 64 client sockets on 16 source addresses (64 flows), 64-byte payloads, echo backend; flows stay up (responses 0)",
-		applies: func(n string) bool { return n != "dnsdist" },
+		applies: notDNSOnly,
 		measure: func(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
 			return h.simple(ctx, tg, h.echo, target.Mode{}, loadgen.Config{
 				Conns: 64, Sources: loadgen.LoopbackSources(16), Size: 64, Rate: h.o.Rate})
@@ -57,7 +68,7 @@ var scenarios = []*scenario{
 	{
 		name: "bulk-gso", title: "Bulk: each request answered with 32 × 1200 B (one GSO send)",
 		about:   "closed loop, 8 client sockets with one 64-byte request in flight each; the blaster answers each with a run of 32 datagrams of 1200 bytes sent as one UDP GSO message; bytes/s is reply payload",
-		applies: func(n string) bool { return n != "dnsdist" },
+		applies: notDNSOnly,
 		measure: func(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
 			return h.simple(ctx, tg, h.blaster, target.Mode{}, loadgen.Config{
 				Conns: 8, Size: 64, ReplyDatagrams: 32, RecvBuffer: 8 << 20})
@@ -75,20 +86,30 @@ var scenarios = []*scenario{
 	{
 		name: "latency", title: "Latency at 50% load",
 		about:   "first the target's maximum: a closed loop of 64 sockets for 1 s; then an open loop at half that rate, paced every 200 µs, every round trip timed from its scheduled send time; 64-byte payloads, echo backend; \"added\" is the target's percentile minus that of the same load sent straight to the backend right after (direct, at the target's rate), median over runs",
-		applies: func(n string) bool { return n != "dnsdist" },
+		applies: notDNSOnly,
 		measure: measureLatency,
 	},
 	{
 		name: "many-flows", title: "Memory per flow",
 		about:   "--flows (default 100,000) flows opened through fastudp, one datagram each, from distinct (address, port) pairs across 127.0.0.0/8 (64 sockets × 1,563 addresses); VmRSS of the proxy before and after, and the kernel's UDP socket memory (/proc/net/sockstat). Each flow holds an upstream socket, so the count stays 2,000 below the open-file hard limit (raised when the harness may), and the figures are scaled to 100k",
-		applies: isFastudp,
+		applies: fastudpGeneric,
 		measure: measureManyFlows,
 	},
 	{
 		name: "new-flow-flood", title: "New-flow flood against a small max_flows",
 		about:   "16 established flows at 2,000 requests/s, then new flows at --flood-rate (default 50,000/s, each datagram from a new (address, port) pair) against fastudp with --max-flows 1000; counts shed and served, CPU per datagram, and the established flows' loss and p99",
-		applies: isFastudp,
+		applies: fastudpGeneric,
 		measure: measureFlood,
+	},
+	{
+		name: "dnsperf", title: "DNS: dnsperf → proxy → knot (issue 5)",
+		about: fmt.Sprintf("dnsperf (-c %d -q %d, names from queries.txt, -t = --drain) against the target for --duration after --warmup of the same, "+
+			"knot (start-knot.sh, one UDP worker) behind, started once for the scenario and shared by every target and run; "+
+			"proxies close each flow after its answer (responses 1), fastudp-dns is `fastudp run --mode dns`, floor = the ID-rewriting DNS forwarder, "+
+			"direct = dnsperf straight at knot. req/s and loss are dnsperf's; the harness CPU column counts dnsperf's and knot's CPU "+
+			"(they are processes of their own here), so \"other processes\" is the rest of the machine", dnsperfClients, dnsperfOutstanding),
+		applies: all,
+		measure: measureDnsperf,
 	},
 }
 
@@ -168,17 +189,27 @@ func fill(m *Measurement, inst *target.Instance, s0, s1 snapshot, datagrams uint
 	if inst.PID != 0 && datagrams > 0 {
 		m.CPUPerDatagram = m.CPUus / float64(datagrams)
 	}
-	if s0.idle >= 0 && s1.idle >= 0 {
-		wall := s1.at.Sub(s0.at).Seconds()
-		capacity := wall * float64(cpus()) * float64(proc.ClockTicks())
-		busy := max(capacity-(s1.idle-s0.idle), 0)
-		used := (m.CPUus + m.HarnessCPUus) / 1e6 * float64(proc.ClockTicks())
-		m.OtherBusy = max(busy-used, 0) / capacity
-	}
+	m.OtherBusy = otherBusy(s0, s1, m.CPUus+m.HarnessCPUus)
 	if s0.metrics != nil && s1.metrics != nil && datagrams > 0 {
 		d := func(k string) float64 { return s1.metrics[k] - s0.metrics[k] }
 		m.set("mallocs_per_datagram", d("go_memstats_mallocs_total")/float64(datagrams))
 	}
+}
+
+// otherBusy is the share of the machine's CPU between two snapshots that
+// was busy but not with the usedUs µs accounted for.
+func otherBusy(s0, s1 snapshot, usedUs float64) float64 {
+	if s0.idle < 0 || s1.idle < 0 {
+		return 0
+	}
+	wall := s1.at.Sub(s0.at).Seconds()
+	capacity := wall * float64(cpus()) * float64(proc.ClockTicks())
+	if capacity <= 0 {
+		return 0
+	}
+	busy := max(capacity-(s1.idle-s0.idle), 0)
+	used := usedUs / 1e6 * float64(proc.ClockTicks())
+	return max(busy-used, 0) / capacity
 }
 
 // startPair starts the backend and the target in front of it.

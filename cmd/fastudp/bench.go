@@ -34,11 +34,15 @@ Scenarios (default: all):
   latency         round-trip percentiles at 50% of each target's maximum
   many-flows      RSS per 100k flows (fastudp only)
   new-flow-flood  new flows at --flood-rate against a small max_flows (fastudp only)
+  dnsperf         dnsperf -> target -> knot (issue 5): qps, loss and CPU per
+                  query; not in the default set (needs dnsperf and knot), e.g.
+                  fastudp bench dnsperf --targets fastudp-dns,fastudp,dnsdist,nginx,floor,direct
 
-Targets: fastudp (1 shard), fastudp-N (N shards), floor (minimal
+Targets: fastudp (1 shard), fastudp-N (N shards), fastudp-dns and
+fastudp-dns-N (fastudp run --mode dns; DNS scenarios only), floor (minimal
 recvmmsg/sendmmsg forwarders), nginx, dnsdist, socat, direct (no proxy).
-Peers come from apt (nginx libnginx-mod-stream dnsdist socat knot); a
-missing one is skipped with a note, or is an error when CI=true.
+Peers come from apt (nginx libnginx-mod-stream dnsdist socat knot dnsperf);
+a missing one is skipped with a note, or is an error when CI=true.
 
 "fastudp bench floor relay|dns --listen ADDR --backend ADDR [--responses N]"
 runs one floor forwarder until killed; the benchmark starts it as a target.
