@@ -7,9 +7,9 @@ import (
 
 // DNS mode defaults and limits (see docs/configuration.md).
 const (
-	DefaultDNSSockets     = 2
+	DefaultDNSSockets     = 1
 	MaxDNSSockets         = 64
-	DefaultDNSMaxInFlight = 4096
+	DefaultDNSMaxInFlight = 16384
 	MaxDNSMaxInFlight     = 1<<16 - 1
 	DefaultDNSTimeout     = 2 * time.Second
 	DefaultDNSTCPIdle     = 10 * time.Second

@@ -64,7 +64,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Steering, "steering", "", "choose each datagram's shard by `MODE`: kernel (SO_REUSEPORT hash), hash or cpu (eBPF; needs CAP_BPF) (default kernel)")
 	fs.StringVar(&f.SteeringKey, "steering-key", "", "what hash steering hashes: `KEY` flow (client IP and port) or ip (default flow)")
 	fs.StringVar(&f.Mode, "mode", "", "cluster `MODE`: udp (a flow per client address) or dns (queries share upstream sockets, IDs rewritten) (default udp)")
-	fs.StringVar(&f.DNSSockets, "dns-sockets", "", "dns mode: `N` upstream sockets per backend and shard (default 2)")
+	fs.StringVar(&f.DNSSockets, "dns-sockets", "", "dns mode: `N` upstream sockets per backend and shard (default 1)")
 	fs.StringVar(&f.DNSTimeout, "dns-timeout", "", "dns mode: free a query unanswered after `DURATION` (default 2s)")
 	fs.BoolFunc("dns-tcp", "dns mode: forward DNS over TCP on the listen address; --dns-tcp=false turns it off (default on)", func(s string) error {
 		f.DNSTCP = s
