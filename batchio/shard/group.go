@@ -200,6 +200,10 @@ func reservePort(a netip.Addr) (uint16, error) {
 	return la.Port(), nil
 }
 
+// Close closes every socket of a group that was never started (after Start,
+// stop it with [Group.Stop] or its context instead).
+func (g *Group) Close() { g.close() }
+
 func (g *Group) close() {
 	g.closeSteering()
 	for _, s := range g.shards {

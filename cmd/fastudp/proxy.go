@@ -36,6 +36,7 @@ type proxy struct {
 	metrics  *http.Server
 	metricsL net.Listener
 	access   io.Closer
+	dnsTCP   []*dnsTCP
 }
 
 // startProxy binds every listener on every shard and starts them. The config
@@ -119,6 +120,18 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		}()
 	}
 	logSteering(log, g.Steering())
+	p.dnsTCP, err = startDNSTCP(cfg, g.Addrs(), picker, log)
+	if err != nil {
+		g.Close()
+		p.closeAccess()
+		if p.metrics != nil {
+			_ = p.metrics.Close()
+		}
+		return nil, err
+	}
+	if len(p.dnsTCP) > 0 {
+		p.registry.MustRegister(newDNSTCPCollector(p.dnsTCP))
+	}
 	g.Start(ctx)
 	for i, a := range g.Addrs() {
 		log.Info("listening", "listener", cfg.Listeners[i].Name, "address", a, "cluster", cfg.Listeners[i].Cluster, "shards", shards)
@@ -189,7 +202,10 @@ func (p *proxy) addrs() []netip.AddrPort { return p.group.Addrs() }
 // stop drains the shards within grace, waits for them and closes the rest.
 func (p *proxy) stop(grace time.Duration) error {
 	p.group.Stop(grace)
-	err := p.group.Wait()
+	tcpCtx, cancelTCP := context.WithTimeout(context.Background(), grace)
+	tcpErr := stopDNSTCP(tcpCtx, p.dnsTCP)
+	cancelTCP()
+	err := errors.Join(p.group.Wait(), tcpErr)
 	if p.metrics != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = p.metrics.Shutdown(ctx)
