@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -335,4 +336,39 @@ func TestDNSModeGRORunOfQueries(t *testing.T) {
 		}
 	}
 	t.Logf("GRO runs received: %d", g.shard(ShardGRORuns))
+}
+
+// TestGroupFlows lists live flows through the control channel.
+func TestGroupFlows(t *testing.T) {
+	r := newDNSResponder(t) // any responder: the generic mode echoes it
+	g := startGroup(t, oneListener("127.0.0.1:0", core.ClusterConfig{}, fixedPicker{{ID: 0, Addr: r.addr()}}))
+	var clients []*net.UDPConn
+	for i := range 3 {
+		c := dnsClient(t, g.addr())
+		if _, err := c.Write(query(t, uint16(i), "f.example.test.")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := readAnswer(c, waitTimeout); err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	lists, err := g.Flows(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lists) != 1 || lists[0].Total != 3 || len(lists[0].Flows) != 2 {
+		t.Fatalf("flows %+v, want 2 of 3 listed", lists)
+	}
+	seen := map[netip.AddrPort]bool{}
+	for _, c := range clients {
+		seen[c.LocalAddr().(*net.UDPAddr).AddrPort()] = true
+	}
+	for _, f := range lists[0].Flows {
+		if !seen[f.Client] || !f.Established || f.Stats.DatagramsIn != 1 || f.Stats.DatagramsOut != 1 {
+			t.Fatalf("flow %+v", f)
+		}
+	}
 }

@@ -233,6 +233,26 @@ func (g *Group) Broadcast(ev core.ConfigEvent) {
 	}
 }
 
+// Flows returns up to limit live flows of each shard, one [FlowList] per
+// shard in shard order. It waits for every shard to answer between two
+// batches, or for ctx.
+func (g *Group) Flows(ctx context.Context, limit int) ([]FlowList, error) {
+	reply := make(chan FlowList, len(g.shards))
+	for _, s := range g.shards {
+		s.Send(Control{Flows: &FlowsRequest{Limit: limit, Reply: reply}})
+	}
+	out := make([]FlowList, len(g.shards))
+	for range g.shards {
+		select {
+		case l := <-reply:
+			out[l.Shard] = l
+		case <-ctx.Done():
+			return nil, fmt.Errorf("flows: %w", ctx.Err())
+		}
+	}
+	return out, nil
+}
+
 // Stop asks every shard to stop admitting flows and to close within grace.
 func (g *Group) Stop(grace time.Duration) {
 	for _, s := range g.shards {

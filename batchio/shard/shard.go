@@ -149,6 +149,25 @@ type Control struct {
 	// finish, then everything closes and Run returns.
 	Stop  bool
 	Grace time.Duration
+	// Flows, when set, asks for a snapshot of up to Flows.Limit live flows.
+	Flows *FlowsRequest
+}
+
+// FlowsRequest asks a shard for its live flows; the shard sends exactly one
+// [FlowList] on Reply, which must have room for it (a buffered channel), so
+// the shard never blocks.
+type FlowsRequest struct {
+	Limit int
+	Reply chan<- FlowList
+}
+
+// FlowList is one shard's answer to a [FlowsRequest]. Times in Flows
+// (Created, Deadline) are nanoseconds since Start.
+type FlowList struct {
+	Shard int
+	Start time.Time
+	Total int // live flows in the shard, at most Limit of them listed
+	Flows []core.FlowInfo
 }
 
 // Shard is one event loop. Create it with [New], run it with [Shard.Run] on
@@ -434,6 +453,21 @@ func (s *Shard) drainControl(now core.Time) {
 				s.inputs = append(s.inputs, core.ConfigInput(*c.Config))
 				if ev := c.Config; ev.Kind == core.ConfigSetCluster && int(ev.Listener) < len(s.oneReply) {
 					s.oneReply[ev.Listener] = ev.Cluster.Responses == 1
+				}
+			}
+			if r := c.Flows; r != nil {
+				s.process(now) // flows opened by inputs already read are listed too
+				l := FlowList{Shard: s.opts.Index, Start: s.start, Total: s.mgr.FlowCount()}
+				s.mgr.Flows(func(f core.FlowInfo) bool {
+					if len(l.Flows) >= r.Limit {
+						return false
+					}
+					l.Flows = append(l.Flows, f)
+					return true
+				})
+				select {
+				case r.Reply <- l:
+				default: // the asker gave no room; it has given up
 				}
 			}
 			if c.Stop && !s.stopping {
