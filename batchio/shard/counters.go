@@ -60,6 +60,9 @@ const (
 	BackendRefused      // ECONNREFUSED (ICMP port unreachable) on an upstream socket
 	BackendSendErrors   // other hard send errors
 	BackendQueueFull    // datagrams dropped: upstream write queue full
+	// BackendNoReply counts flows of clusters that expect replies
+	// (responses > 0) closed idle without one: a passive health failure.
+	BackendNoReply
 	// DNS mode.
 	BackendDNSQueries    // queries sent to the backend
 	BackendDNSAnswers    // answers matched to their query and returned

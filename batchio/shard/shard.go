@@ -945,6 +945,10 @@ func (s *Shard) closeFlow(o *core.Output) {
 		s.flushUpstreamBatch() // the flow's last datagrams go out before its socket closes
 	}
 	s.counters.addListener(o.Listener, ListenerFlowsEvicted, 1)
+	if o.CloseReason == core.CloseIdle && o.Stats.DatagramsOut == 0 && o.Stats.DatagramsIn > 0 &&
+		int(o.Listener) < len(s.opts.Listeners) && s.opts.Listeners[o.Listener].Cluster.Responses > 0 {
+		s.counters.addBackend(o.Backend.ID, BackendNoReply, 1)
+	}
 	if u := s.upstreamOf(o.Flow); u != nil {
 		// Queued datagrams are still sent: the last request of a flow may
 		// be waiting for buffer space when its flow closes.

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -62,9 +63,16 @@ func knotZone() string {
 // knotZone, and stops it when the test ends.
 func startKnot(t *testing.T) netip.AddrPort {
 	t.Helper()
+	addr, _ := startKnotAt(t, freeTCPAndUDPPort(t))
+	return addr
+}
+
+// startKnotAt runs knotd on port; stop stops it early (it is also stopped
+// when the test ends).
+func startKnotAt(t *testing.T, port int) (addr netip.AddrPort, stop func()) {
+	t.Helper()
 	knotd := requirePeer(t, "knotd")
 	dir := t.TempDir()
-	port := freeTCPAndUDPPort(t)
 	if err := os.WriteFile(filepath.Join(dir, "example.test.zone"), []byte(knotZone()), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -94,22 +102,26 @@ zone:
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		})
+	}
+	t.Cleanup(stop)
+	addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
 	if _, err := udpQuery(addr, mustQuery(t, 1, "h1.example.test.", 1, 0), 10*time.Second); err != nil {
 		t.Fatalf("knot does not answer: %v\n%s", err, &out)
 	}
-	return addr
+	return addr, stop
 }
 
 // freeTCPAndUDPPort returns a loopback port free for both protocols.
@@ -195,10 +207,19 @@ func tcpQuery(addr netip.AddrPort, q []byte) ([]byte, error) {
 // returns its listen address and metrics URL.
 func startDNSProxy(t *testing.T, backend netip.AddrPort, extra ...string) (netip.AddrPort, string) {
 	t.Helper()
+	return startDNSProxyN(t, []netip.AddrPort{backend}, extra...)
+}
+
+// startDNSProxyN is startDNSProxy with several backends.
+func startDNSProxyN(t *testing.T, backends []netip.AddrPort, extra ...string) (netip.AddrPort, string) {
+	t.Helper()
 	front := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeTCPAndUDPPort(t)))
 	metrics := freeUDPPort(t) // a free port number for the TCP metrics listener is likely free too
-	args := append([]string{"run", "--listen", front.String(), "--backend", backend.String(), "--mode", "dns",
-		"--shards", "1", "--metrics", metrics, "--log-level", "warn"}, extra...)
+	args := []string{"run", "--listen", front.String(), "--mode", "dns", "--shards", "1", "--metrics", metrics, "--log-level", "warn"}
+	for _, b := range backends {
+		args = append(args, "--backend", b.String())
+	}
+	args = append(args, extra...)
 	cmd := exec.Command(fastudpBin, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -356,4 +377,129 @@ func TestDNSModeDnsperfNoLoss(t *testing.T) {
 		}
 	}
 	t.Logf("dnsperf: %d queries, 0 lost", nc)
+}
+
+// metricLabeled returns the value of the sample of name whose labels
+// include every "key=\"value\"" pair of match.
+func metricLabeled(t *testing.T, url, name string, match ...string) (float64, bool) {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		ok := true
+		for _, m := range match {
+			ok = ok && strings.Contains(line, m)
+		}
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		return v, err == nil
+	}
+	return 0, false
+}
+
+// TestDNSModeHealthMovesTraffic: two knot backends with a DNS probe. One
+// is killed: after fall probes it is marked down and every query is
+// answered by the other; restarted on its port it comes back after rise
+// probes and gets queries again.
+func TestDNSModeHealthMovesTraffic(t *testing.T) {
+	a, stopA := startKnotAt(t, freeTCPAndUDPPort(t))
+	b := startKnot(t)
+	front, metrics := startDNSProxyN(t, []netip.AddrPort{a, b}, "--health", "dns", "--health-dns-name", "example.test.", "--affinity", "ip-port")
+	up := func(addr netip.AddrPort) float64 {
+		v, ok := metricLabeled(t, metrics, "fastudp_backend_up", `backend="`+addr.String()+`"`)
+		if !ok {
+			t.Fatalf("no fastudp_backend_up for %v", addr)
+		}
+		return v
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for end := time.Now().Add(30 * time.Second); !cond(); {
+			if time.Now().After(end) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// Many clients (source ports) so both backends get some.
+	ask := func(n int) {
+		t.Helper()
+		for i := range n {
+			if _, err := udpQuery(front, mustQuery(t, uint16(i), fmt.Sprintf("h%d.example.test.", i+1), 1, 0), 10*time.Second); err != nil {
+				t.Fatalf("query %d: %v", i, err)
+			}
+		}
+	}
+	answered := func(addr netip.AddrPort) float64 {
+		v, _ := metricLabeled(t, metrics, "fastudp_dns_answers_total", `backend="`+addr.String()+`"`)
+		return v
+	}
+	ask(40)
+	if answered(a) == 0 || answered(b) == 0 {
+		t.Fatalf("answers a=%v b=%v: both backends should serve", answered(a), answered(b))
+	}
+	stopA()
+	waitFor("backend a down", func() bool { return up(a) == 0 })
+	before := answered(b)
+	ask(40) // every query must be answered, all by b
+	if got := answered(b) - before; got != 40 {
+		t.Fatalf("b answered %v of 40 queries while a was down", got)
+	}
+	startKnotAt(t, int(a.Port()))
+	waitFor("backend a up again", func() bool { return up(a) == 1 })
+	beforeA := answered(a)
+	ask(40)
+	if answered(a) == beforeA {
+		t.Fatal("a gets no queries after coming back")
+	}
+}
+
+// TestDNSModePassiveHealth: no active probe; a backend that stops answering
+// draws ICMP refusals and timeouts, which the passive checks count until it
+// is marked down; then every query goes to the other backend.
+func TestDNSModePassiveHealth(t *testing.T) {
+	a, stopA := startKnotAt(t, freeTCPAndUDPPort(t))
+	b := startKnot(t)
+	front, metrics := startDNSProxyN(t, []netip.AddrPort{a, b}, "--affinity", "ip-port", "--dns-timeout", "500ms")
+	stopA()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for end := time.Now().Add(40 * time.Second); ; {
+		// Queries from many source ports keep failing on a until it is down.
+		for i := range 20 {
+			s, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(front))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = s.Write(mustQuery(t, uint16(i), "h1.example.test.", 1, 0))
+			s.Close()
+		}
+		if v, ok := metricLabeled(t, metrics, "fastudp_backend_up", `backend="`+a.String()+`"`); ok && v == 0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the dead backend was never marked down by passive checks")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for i := range 40 {
+		if _, err := udpQuery(front, mustQuery(t, uint16(i), fmt.Sprintf("h%d.example.test.", i+1), 1, 0), 10*time.Second); err != nil {
+			t.Fatalf("query %d after a was marked down: %v", i, err)
+		}
+	}
+	if v, _ := metricLabeled(t, metrics, "fastudp_health_passive_failures_total", `backend="`+a.String()+`"`); v == 0 {
+		t.Error("no passive failures counted for the dead backend")
+	}
 }

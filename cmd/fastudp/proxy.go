@@ -23,6 +23,7 @@ import (
 	"github.com/fastudp/fastudp/bpf"
 	"github.com/fastudp/fastudp/config"
 	"github.com/fastudp/fastudp/core"
+	"github.com/fastudp/fastudp/health"
 )
 
 // proxy is a running fastudp: its shards, the backend picker and the metrics
@@ -37,22 +38,42 @@ type proxy struct {
 	metricsL net.Listener
 	access   io.Closer
 	dnsTCP   []*dnsTCP
+	health   *health.Monitor
+	// stopBackground stops the health monitor and the passive reports.
+	stopBackground context.CancelFunc
 }
 
 // startProxy binds every listener on every shard and starts them. The config
 // must have passed Validate.
 func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*proxy, error) {
 	p := &proxy{cfg: cfg, log: log}
-	picker, err := newClusterPicker(cfg)
-	if err != nil {
+	p.health = health.NewMonitor(health.Options{Logger: log.With("component", "health")})
+	// fail undoes what was started before an error.
+	fail := func(err error) (*proxy, error) {
+		_ = stopDNSTCP(context.Background(), p.dnsTCP)
+		if p.metrics != nil {
+			_ = p.metrics.Close()
+		}
+		if p.group != nil {
+			p.group.Close()
+		}
+		if p.stopBackground != nil {
+			p.stopBackground()
+		}
+		p.health.Close()
+		p.closeAccess()
 		return nil, err
+	}
+	picker, err := newClusterPicker(cfg, p.health)
+	if err != nil {
+		return fail(err)
 	}
 	p.picker = picker
 	var accessLog *slog.Logger
 	if cfg.AccessLog != "" {
 		w, closer, err := openAccessLog(cfg.AccessLog)
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
 		p.access = closer
 		accessLog = slog.New(slog.NewJSONHandler(w, nil))
@@ -88,8 +109,7 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		Steering:        steeringOptions(cfg),
 	})
 	if err != nil {
-		p.closeAccess()
-		return nil, err
+		return fail(err)
 	}
 	p.group = g
 	p.registry = prometheus.NewRegistry()
@@ -106,8 +126,7 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 	if cfg.Metrics != "" {
 		ln, err := net.Listen("tcp", cfg.Metrics)
 		if err != nil {
-			p.closeAccess()
-			return nil, fmt.Errorf("metrics listener %s: %w", cfg.Metrics, err)
+			return fail(fmt.Errorf("metrics listener %s: %w", cfg.Metrics, err))
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{}))
@@ -122,16 +141,18 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 	logSteering(log, g.Steering())
 	p.dnsTCP, err = startDNSTCP(cfg, g.Addrs(), picker, log)
 	if err != nil {
-		g.Close()
-		p.closeAccess()
-		if p.metrics != nil {
-			_ = p.metrics.Close()
-		}
-		return nil, err
+		return fail(err)
 	}
 	if len(p.dnsTCP) > 0 {
 		p.registry.MustRegister(newDNSTCPCollector(p.dnsTCP))
 	}
+	p.registry.MustRegister(health.NewCollector(p.health))
+	bg, stopBG := context.WithCancel(context.Background())
+	p.stopBackground = stopBG
+	if err := p.health.Start(bg); err != nil {
+		return fail(fmt.Errorf("health: %w", err))
+	}
+	go picker.reportPassive(bg, g.Shards())
 	g.Start(ctx)
 	for i, a := range g.Addrs() {
 		log.Info("listening", "listener", cfg.Listeners[i].Name, "address", a, "cluster", cfg.Listeners[i].Cluster, "shards", shards)
@@ -206,6 +227,8 @@ func (p *proxy) stop(grace time.Duration) error {
 	tcpErr := stopDNSTCP(tcpCtx, p.dnsTCP)
 	cancelTCP()
 	err := errors.Join(p.group.Wait(), tcpErr)
+	p.stopBackground()
+	p.health.Close()
 	if p.metrics != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = p.metrics.Shutdown(ctx)
@@ -235,24 +258,37 @@ func openAccessLog(dst string) (io.Writer, io.Closer, error) {
 	return f, f, nil
 }
 
-// clusterPicker chooses backends from one immutable balance table per
-// cluster. Tables are shared read-only by every shard.
+// clusterPicker chooses backends for new flows and DNS queries: per
+// cluster, the health monitor's current view (an immutable balance table and
+// the set of its usable backends), read with one atomic load. Shards share
+// it; nothing on the pick path locks or allocates.
 type clusterPicker struct {
-	tables        []*balance.Table // by core.ClusterID (index in cfg.Clusters)
+	clusters      []*health.Cluster // by core.ClusterID; nil for a cluster without backends
 	backends      int
 	backendLabels []shard.BackendLabels
+	// backendRefs[id] locates BackendID id, for passive health reports.
+	backendRefs []backendRef
+}
+
+// backendRef is a backend's cluster and address.
+type backendRef struct {
+	cluster int
+	addr    netip.AddrPort
 }
 
 var _ shard.Picker = (*clusterPicker)(nil)
 
-func newClusterPicker(cfg *config.Config) (*clusterPicker, error) {
-	p := &clusterPicker{tables: make([]*balance.Table, len(cfg.Clusters))}
+// newClusterPicker builds each cluster's table and registers it with mon,
+// which checks its backends as [cluster.health] says.
+func newClusterPicker(cfg *config.Config, mon *health.Monitor) (*clusterPicker, error) {
+	p := &clusterPicker{clusters: make([]*health.Cluster, len(cfg.Clusters))}
 	for ci, cl := range cfg.Clusters {
 		bs := make([]balance.Backend, len(cl.Backends))
 		for bi, b := range cl.Backends {
 			bs[bi] = balance.Backend{ID: core.BackendID(p.backends), Addr: b.Address, Weight: uint32(b.Weight)}
 			p.backends++
 			p.backendLabels = append(p.backendLabels, shard.BackendLabels{Cluster: cl.Name, Backend: b.Label()})
+			p.backendRefs = append(p.backendRefs, backendRef{cluster: ci, addr: b.Address})
 		}
 		if len(bs) == 0 {
 			continue
@@ -265,17 +301,25 @@ func newClusterPicker(cfg *config.Config) (*clusterPicker, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", cl.Name, err)
 		}
-		p.tables[ci] = t
+		probe, passive, err := healthConfig(&cl.Health)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: health: %w", cl.Name, err)
+		}
+		hc, err := mon.AddCluster(cl.Name, t, probe, passive, cl.FailOpen)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", cl.Name, err)
+		}
+		p.clusters[ci] = hc
 	}
 	return p, nil
 }
 
 // Pick implements shard.Picker.
 func (p *clusterPicker) Pick(cluster core.ClusterID, key uint64) (core.Backend, bool) {
-	if int(cluster) >= len(p.tables) || p.tables[cluster] == nil {
+	if int(cluster) >= len(p.clusters) || p.clusters[cluster] == nil {
 		return core.Backend{}, false
 	}
-	b, ok := p.tables[cluster].Lookup(key)
+	b, ok := p.clusters[cluster].Pick(key)
 	return core.Backend{ID: b.ID, Addr: b.Addr}, ok
 }
 
