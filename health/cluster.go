@@ -39,6 +39,15 @@ func (v *View) Pick(key uint64) (balance.Backend, bool) {
 	return v.Table.LookupAvailable(key, v.Usable)
 }
 
+// IsUsable reports whether new flows may go to the backend at addr: whether it
+// is in the table and the usable set. A shard that closes flows pinned to a
+// backend that went down can ask it at a flow's next datagram. It allocates
+// nothing; it costs a binary search of the table.
+func (v *View) IsUsable(addr netip.AddrPort) bool {
+	i, ok := v.Table.IndexOf(addr)
+	return ok && (v.Usable == nil || v.Usable.Has(i))
+}
+
 // Cluster is the health state of the backends of one cluster. Get it from
 // [Monitor.AddCluster]. Its methods are safe for concurrent use; [Cluster.View],
 // [Cluster.Usable] and [Cluster.Pick] are a single atomic load, for the data
@@ -85,7 +94,8 @@ func (c *Cluster) Pick(key uint64) (balance.Backend, bool) { return c.view.Load(
 // health, draining flag, counters and running probe; new ones start as a new
 // cluster's do (up unless [ProbeConfig.StartDown]); removed ones stop being
 // probed. The new table and its usable set are published together. It
-// returns an error wrapping [ErrNoTable].
+// returns an error wrapping [ErrNoTable], or [ErrUnknownCluster] once the
+// cluster was removed from its monitor.
 func (c *Cluster) SetTable(t *balance.Table) error {
 	if t == nil {
 		return fmt.Errorf("health: cluster %q: %w", c.name, ErrNoTable)
@@ -110,13 +120,12 @@ func (c *Cluster) setTableLocked(t *balance.Table) {
 		if c.table != nil {
 			if j, ok := c.table.IndexOf(addr); ok {
 				b := c.backends[j]
-				b.index = i
 				nb[i] = b
 				kept[j] = true
 				continue
 			}
 		}
-		nb[i] = &backend{addr: addr, index: i, healthy: !c.probe.StartDown, since: now, reason: "added"}
+		nb[i] = &backend{addr: addr, healthy: !c.probe.StartDown, since: now, reason: "added"}
 	}
 	for j, b := range c.backends {
 		if !kept[j] {

@@ -232,10 +232,16 @@ func TestDraining(t *testing.T) {
 	if _, ok := c.Pick(1); ok {
 		t.Fatal("pick succeeded with every backend draining")
 	}
+	if c.View().IsUsable(a[0]) {
+		t.Fatal("a draining backend is usable")
+	}
 	if err := c.SetDraining(a[0], false); err != nil {
 		t.Fatal(err)
 	}
 	checkUsable(t, c, a[0])
+	if v := c.View(); !v.IsUsable(a[0]) || v.IsUsable(a[1]) || v.IsUsable(netip.MustParseAddrPort("10.9.9.9:1")) {
+		t.Fatal("IsUsable disagrees with the usable set")
+	}
 	if err := c.SetDraining(netip.MustParseAddrPort("10.9.9.9:1"), true); !errors.Is(err, ErrUnknownBackend) {
 		t.Fatalf("draining an unknown backend: %v", err)
 	}

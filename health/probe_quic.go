@@ -12,7 +12,8 @@ import (
 // QUIC probe packet layout (RFC 8999 §5.1, the version-independent long
 // header):
 //
-//	byte 0       1 (long header) 1 (fixed bit in v1) 6 random bits
+//	byte 0       1 (long header), 1 (fixed bit in v1), 00 (Initial in v1),
+//	             4 random bits
 //	bytes 1-4    version: 0x?a?a?a?a, reserved to force version negotiation
 //	             (RFC 9000 §15)
 //	byte 5       DCID length (quicCIDLen), then the DCID
@@ -70,7 +71,7 @@ func (quicProber) probe(ctx context.Context, addr netip.AddrPort) error {
 func quicProbePacket() (pkt, dcid, scid []byte) {
 	pkt = make([]byte, quicProbeSize)
 	_, _ = rand.Read(pkt) // crypto/rand.Read never fails (Go 1.24+)
-	pkt[0] = 0xc0 | pkt[0]&0x3f
+	pkt[0] = 0xc0 | pkt[0]&0x0f
 	for i := 1; i <= 4; i++ {
 		pkt[i] = pkt[i]&0xf0 | 0x0a
 	}

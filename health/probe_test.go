@@ -169,8 +169,8 @@ func Test_quicProbePacket(t *testing.T) {
 	if len(pkt) != quicProbeSize {
 		t.Fatalf("probe packet is %d bytes, want %d", len(pkt), quicProbeSize)
 	}
-	if pkt[0]&0xc0 != 0xc0 {
-		t.Fatalf("first byte %#x lacks the long-header and fixed bits", pkt[0])
+	if pkt[0]&0xf0 != 0xc0 {
+		t.Fatalf("first byte %#x is not a long header with the fixed bit and type Initial", pkt[0])
 	}
 	for i := 1; i <= 4; i++ {
 		if pkt[i]&0x0f != 0x0a {
@@ -343,4 +343,23 @@ func TestParse(t *testing.T) {
 	if _, err := ParseRcode("nope"); err == nil {
 		t.Fatal("ParseRcode(nope) succeeded")
 	}
+}
+
+// FuzzIsVersionNegotiation checks that any datagram is parsed without panic
+// and that a packet built like a server's answer to our probe is accepted.
+func FuzzIsVersionNegotiation(f *testing.F) {
+	f.Add([]byte{0x80, 0, 0, 0, 0, 1, 9, 1, 1, 0, 0, 0, 1}, []byte{1}, []byte{9})
+	f.Add([]byte{}, []byte{}, []byte{})
+	f.Fuzz(func(t *testing.T, pkt, dcid, scid []byte) {
+		_ = isVersionNegotiation(pkt, dcid, scid)
+		if len(dcid) > 255 || len(scid) > 255 {
+			return
+		}
+		vn := append([]byte{0x80 | byte(len(pkt)), 0, 0, 0, 0, byte(len(scid))}, scid...)
+		vn = append(append(vn, byte(len(dcid))), dcid...)
+		vn = append(vn, 0, 0, 0, 1)
+		if !isVersionNegotiation(vn, dcid, scid) {
+			t.Fatalf("rejected %x for dcid %x scid %x", vn, dcid, scid)
+		}
+	})
 }

@@ -38,11 +38,10 @@ func (s State) String() string {
 // MarshalText implements encoding.TextMarshaler (for the control API's JSON).
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
-// backend is the health state of one backend of a cluster. Its cluster's mu
-// guards every field.
+// backend is the health state of one backend of a cluster. addr never
+// changes; its cluster's mu guards every other field.
 type backend struct {
-	addr  netip.AddrPort
-	index int // in the cluster's current table
+	addr netip.AddrPort
 
 	healthy  bool
 	draining bool
