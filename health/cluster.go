@@ -257,9 +257,11 @@ func (c *Cluster) probeLoop(ctx context.Context, b *backend) {
 		target = netip.AddrPortFrom(target.Addr(), c.probe.Port)
 	}
 	for {
+		buf := c.m.bufs.Get().(*[]byte)
 		pctx, cancel := context.WithTimeout(ctx, c.probe.Timeout)
-		err := c.prober.probe(pctx, target)
+		err := c.prober.probe(pctx, target, *buf)
 		cancel()
+		c.m.bufs.Put(buf)
 		if ctx.Err() != nil {
 			return
 		}

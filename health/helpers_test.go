@@ -237,7 +237,7 @@ func (k *knot) start() {
 	waitFor(k.t, "knot to answer", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
-		return p.probe(ctx, k.addr()) == nil
+		return p.probe(ctx, k.addr(), make([]byte, maxReply)) == nil
 	})
 }
 

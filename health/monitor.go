@@ -58,6 +58,10 @@ type Monitor struct {
 		closed  bool
 	}
 	wg sync.WaitGroup // every goroutine the monitor started
+
+	// bufs holds *[]byte reply buffers of maxReply bytes, shared by the
+	// probes (a buffer per goroutine would pin 64 KiB per backend).
+	bufs sync.Pool
 }
 
 // NewMonitor returns a monitor with no clusters; it runs no goroutine until
@@ -67,7 +71,12 @@ func NewMonitor(o Options) *Monitor {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Monitor{log: log, onChange: o.OnChange, clusters: make(map[string]*Cluster)}
+	m := &Monitor{log: log, onChange: o.OnChange, clusters: make(map[string]*Cluster)}
+	m.bufs.New = func() any {
+		b := make([]byte, maxReply)
+		return &b
+	}
+	return m
 }
 
 // AddCluster starts watching the backends of table under name and returns the

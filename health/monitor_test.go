@@ -436,7 +436,7 @@ type fakeProber struct {
 	calls          atomic.Int32
 }
 
-func (f *fakeProber) probe(ctx context.Context, _ netip.AddrPort) error {
+func (f *fakeProber) probe(ctx context.Context, _ netip.AddrPort, _ []byte) error {
 	n := f.inFlight.Add(1)
 	defer f.inFlight.Add(-1)
 	for {
@@ -592,7 +592,27 @@ fastudp_health_probes_total{backend="127.0.0.2:53",cluster="c",result="success"}
 		"fastudp_backend_up", "fastudp_backend_draining", "fastudp_health_probes_total", "fastudp_health_fail_open"); err != nil {
 		t.Fatal(err)
 	}
-	if n := testutil.CollectAndCount(NewCollector(m), "fastudp_health_passive_failures_total"); n != 2 {
-		t.Fatalf("%d passive failure series, want 2", n)
+
+	// Passive failures appear once a passive interval consumed them.
+	p, err := m.AddCluster("p", newTable(t, a[0]), ProbeConfig{}, PassiveConfig{Enabled: true, MinFailures: 100}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddPassive(a[0], 7, 1); err != nil {
+		t.Fatal(err)
+	}
+	p.passiveWindow(time.Now())
+	want = `
+# HELP fastudp_health_passive_failures_total Passive failures reported by the data path (timeouts, ECONNREFUSED, flows without a reply).
+# TYPE fastudp_health_passive_failures_total counter
+fastudp_health_passive_failures_total{backend="127.0.0.1:53",cluster="c"} 0
+fastudp_health_passive_failures_total{backend="127.0.0.2:53",cluster="c"} 0
+fastudp_health_passive_failures_total{backend="127.0.0.1:53",cluster="p"} 7
+`
+	if err := testutil.CollectAndCompare(NewCollector(m), strings.NewReader(want), "fastudp_health_passive_failures_total"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.ReportPassive(netip.MustParseAddrPort("10.9.9.9:1"), 1, 0); !errors.Is(err, ErrUnknownBackend) {
+		t.Fatalf("report for an unknown backend: %v", err)
 	}
 }

@@ -18,14 +18,15 @@ import (
 // something other than what the probe expects.
 var ErrUnexpectedReply = errors.New("unexpected reply")
 
-// maxReply bounds the datagrams probes read; larger ones are truncated, which
-// only a DNS probe can notice (it treats them as undecodable).
+// maxReply is the size of the buffer probes read replies into: the largest
+// UDP payload, so no reply is truncated.
 const maxReply = 64 << 10
 
 // prober runs one probe. It returns nil on success; ctx carries the probe's
-// deadline and is cancelled when the monitor stops.
+// deadline and is cancelled when the monitor stops. buf (maxReply bytes, owned
+// by the caller) receives replies.
 type prober interface {
-	probe(ctx context.Context, addr netip.AddrPort) error
+	probe(ctx context.Context, addr netip.AddrPort, buf []byte) error
 }
 
 // newProber returns the prober for p (with defaults applied), or nil for
@@ -90,7 +91,7 @@ func describe(err error) string {
 // tcpProber succeeds when a TCP connection opens.
 type tcpProber struct{}
 
-func (tcpProber) probe(ctx context.Context, addr netip.AddrPort) error {
+func (tcpProber) probe(ctx context.Context, addr netip.AddrPort, _ []byte) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {

@@ -21,7 +21,7 @@ type dnsProber struct {
 	rcode int
 }
 
-func (d *dnsProber) probe(ctx context.Context, addr netip.AddrPort) error {
+func (d *dnsProber) probe(ctx context.Context, addr netip.AddrPort, buf []byte) error {
 	q := new(dns.Msg)
 	q.SetQuestion(d.name, d.qtype) // random ID from crypto/rand
 	wire, err := q.Pack()
@@ -36,7 +36,6 @@ func (d *dnsProber) probe(ctx context.Context, addr netip.AddrPort) error {
 	if _, err := c.Write(wire); err != nil {
 		return fmt.Errorf("dns probe: send: %w", err)
 	}
-	buf := make([]byte, maxReply)
 	ignored := 0
 	for {
 		n, err := c.Read(buf)

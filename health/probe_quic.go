@@ -39,7 +39,7 @@ const (
 // datagrams are ignored until the timeout.
 type quicProber struct{}
 
-func (quicProber) probe(ctx context.Context, addr netip.AddrPort) error {
+func (quicProber) probe(ctx context.Context, addr netip.AddrPort, buf []byte) error {
 	pkt, dcid, scid := quicProbePacket()
 	c, release, err := dialUDP(ctx, addr)
 	if err != nil {
@@ -49,7 +49,6 @@ func (quicProber) probe(ctx context.Context, addr netip.AddrPort) error {
 	if _, err := c.Write(pkt); err != nil {
 		return fmt.Errorf("quic probe: send: %w", err)
 	}
-	buf := make([]byte, maxReply)
 	ignored := 0
 	for {
 		n, err := c.Read(buf)

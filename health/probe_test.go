@@ -34,7 +34,7 @@ func runProbe(t *testing.T, cfg ProbeConfig, addr netip.AddrPort) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
-	return p.probe(ctx, addr)
+	return p.probe(ctx, addr, make([]byte, maxReply))
 }
 
 func TestUDPProbe(t *testing.T) {

@@ -21,7 +21,7 @@ type udpProber struct {
 	allowSilence bool
 }
 
-func (u *udpProber) probe(ctx context.Context, addr netip.AddrPort) error {
+func (u *udpProber) probe(ctx context.Context, addr netip.AddrPort, buf []byte) error {
 	c, release, err := dialUDP(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("udp probe: %w", err)
@@ -30,7 +30,6 @@ func (u *udpProber) probe(ctx context.Context, addr netip.AddrPort) error {
 	if _, err := c.Write(u.payload); err != nil {
 		return fmt.Errorf("udp probe: send: %w", err)
 	}
-	buf := make([]byte, maxReply)
 	n, err := c.Read(buf)
 	if err != nil {
 		if u.allowSilence && isTimeout(err) && ctx.Err() != context.Canceled {
