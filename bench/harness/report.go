@@ -133,7 +133,8 @@ func markdown(res *Result) string {
 		p("- Command: `%s` (%.0f s in all).\n", o.Command, res.Took.Seconds())
 	}
 	p("- Each figure is the median of %d runs; the targets are interleaved, their order rotated from run to run, "+
-		"each with a fresh process and backend. A window is %v of load after %v of warm-up, plus up to %v of drain.\n",
+		"each with a fresh process and backend (in dnsperf, one knot serves the whole scenario). "+
+		"A window is %v of load after %v of warm-up, plus up to %v of drain.\n",
 		o.Runs, o.Duration, o.Warmup, o.Drain)
 	p("- CPU: utime+stime of the target's process tree (and reaped children) from /proc, divided by the datagrams " +
 		"that crossed it in both directions (requests + replies): **µs per datagram** (twice that per round trip). " +
