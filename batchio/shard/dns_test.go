@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/fastudp/fastudp/batchio"
 	"github.com/fastudp/fastudp/core"
 	"github.com/fastudp/fastudp/dns"
 )
@@ -370,5 +373,99 @@ func TestGroupFlows(t *testing.T) {
 		if !seen[f.Client] || !f.Established || f.Stats.DatagramsIn != 1 || f.Stats.DatagramsOut != 1 {
 			t.Fatalf("flow %+v", f)
 		}
+	}
+}
+
+// rawResponder answers DNS queries with batchio's allocation-free calls,
+// so an allocation count over the whole process sees only the proxy.
+func rawResponder(t *testing.T) (netip.AddrPort, func()) {
+	t.Helper()
+	fd, err := batchio.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"), batchio.ListenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := batchio.LocalAddr(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b := batchio.NewBatch(16)
+		msgs := make([]batchio.Message, 16)
+		for i := range msgs {
+			msgs[i].Buf = make([]byte, 2048)
+		}
+		out := make([]batchio.Message, 0, 16)
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = unix.Poll(pfd, 50)
+			n, _ := b.Recv(fd, msgs)
+			out = out[:0]
+			for i := range n {
+				m := &msgs[i]
+				m.Buf[2] |= 0x80
+				out = append(out, batchio.Message{Buf: m.Buf[:m.N], Addr: m.Addr})
+			}
+			if len(out) > 0 {
+				_, _ = b.Send(fd, out)
+			}
+			for i := range n {
+				msgs[i].Buf = msgs[i].Buf[:cap(msgs[i].Buf)]
+			}
+		}
+	}()
+	return addr, func() { close(stop); <-done; unix.Close(fd) }
+}
+
+// TestDNSModeAllocatesNothing: queries and answers through a live DNS-mode
+// shard, client and backend on allocation-free raw sockets, measured by
+// testing.AllocsPerRun over the whole process: the query and answer paths
+// allocate nothing.
+func TestDNSModeAllocatesNothing(t *testing.T) {
+	if raceEnabled() {
+		t.Skip("the race detector allocates")
+	}
+	backend, stop := rawResponder(t)
+	defer stop()
+	g := dnsGroup(t, backend, DNSListener{Sockets: 1, MaxInFlight: 100, Timeout: 5 * time.Second})
+	fd, err := batchio.DialUpstream(netip.AddrPort{}, g.addr(), batchio.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	b := batchio.NewBatch(1)
+	q := query(t, 77, "alloc.example.test.")
+	send := []batchio.Message{{Buf: q}}
+	recv := []batchio.Message{{Buf: make([]byte, 2048)}}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	roundTrip := func() {
+		if _, err := b.Send(fd, send); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			if _, err := unix.Poll(pfd, 5000); err != nil && err != unix.EINTR {
+				t.Fatal(err)
+			}
+			n, _ := b.Recv(fd, recv)
+			if n == 1 {
+				if dns.ID(recv[0].Buf[:recv[0].N]) != 77 {
+					t.Fatal("wrong answer")
+				}
+				return
+			}
+		}
+	}
+	for range 200 { // warm up: sockets, tables, buffers
+		roundTrip()
+	}
+	if allocs := testing.AllocsPerRun(2000, roundTrip); allocs > 0.01 {
+		t.Fatalf("%.3f allocations per query round trip", allocs)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"slices"
@@ -130,6 +131,13 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{}))
+		if os.Getenv("FASTUDP_PPROF") == "1" {
+			// Profiling for whoever can reach the metrics address: off
+			// unless asked for, since profiles reveal internals.
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			log.Warn("FASTUDP_PPROF=1: serving /debug/pprof/ on the metrics listener")
+		}
 		p.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		p.metricsL = ln
 		go func() {
