@@ -95,11 +95,16 @@ type Counters struct {
 	local               []uint64
 	published           []atomic.Uint64
 	dirty               bool
+	// used is the length of local that has ever been written: backend IDs
+	// are handed out in order and spare ones stay zero, so publish copies
+	// only up to the highest backend seen.
+	used int
 }
 
 func newCounters(listeners, backends int) *Counters {
 	n := numShardCounters + listeners*numListenerCounters + backends*numBackendCounters
-	return &Counters{listeners: listeners, backends: backends, local: make([]uint64, n), published: make([]atomic.Uint64, n)}
+	return &Counters{listeners: listeners, backends: backends, local: make([]uint64, n), published: make([]atomic.Uint64, n),
+		used: numShardCounters + listeners*numListenerCounters}
 }
 
 func (c *Counters) addShard(i int, v uint64) { c.local[i] += v; c.dirty = true }
@@ -120,8 +125,10 @@ func (c *Counters) setListener(l core.ListenerID, i int, v uint64) {
 
 func (c *Counters) addBackend(b core.BackendID, i int, v uint64) {
 	if int(b) < c.backends {
-		c.local[numShardCounters+c.listeners*numListenerCounters+int(b)*numBackendCounters+i] += v
+		j := numShardCounters + c.listeners*numListenerCounters + int(b)*numBackendCounters
+		c.local[j+i] += v
 		c.dirty = true
+		c.used = max(c.used, j+numBackendCounters)
 	}
 }
 
@@ -133,7 +140,7 @@ func (c *Counters) publish() {
 	if !c.dirty {
 		return
 	}
-	for i, v := range c.local {
+	for i, v := range c.local[:c.used] {
 		c.published[i].Store(v)
 	}
 	c.dirty = false

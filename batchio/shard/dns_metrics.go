@@ -15,9 +15,8 @@ import (
 type DNSCollector struct {
 	shards    []*Shard
 	listeners []ListenerLabels
-	backends  []BackendLabels
+	backends  func() []BackendLabels
 	dnsLst    []bool // listeners in DNS mode
-	dnsBe     []bool // backends of DNS-mode clusters
 
 	queries, malformed, noBackend, stopping              *prometheus.Desc
 	sent, answers, timeouts, released, mismatched        *prometheus.Desc
@@ -26,16 +25,17 @@ type DNSCollector struct {
 
 var _ prometheus.Collector = (*DNSCollector)(nil)
 
-// NewDNSCollector returns a collector for the DNS-mode listeners and
-// backends (dnsListeners and dnsBackends say which, by ID).
-func NewDNSCollector(shards []*Shard, listeners []ListenerLabels, backends []BackendLabels, dnsListeners, dnsBackends []bool) *DNSCollector {
+// NewDNSCollector returns a collector for the DNS-mode listeners
+// (dnsListeners says which, by ID) and backends (those whose labels have
+// DNS set). backends is called on every scrape, from any goroutine.
+func NewDNSCollector(shards []*Shard, listeners []ListenerLabels, backends func() []BackendLabels, dnsListeners []bool) *DNSCollector {
 	ll := []string{"listener", "cluster"}
 	bl := []string{"cluster", "backend"}
 	d := func(name, help string, labels []string) *prometheus.Desc {
 		return prometheus.NewDesc("fastudp_dns_"+name, help, labels, nil)
 	}
 	return &DNSCollector{
-		shards: shards, listeners: listeners, backends: backends, dnsLst: dnsListeners, dnsBe: dnsBackends,
+		shards: shards, listeners: listeners, backends: backends, dnsLst: dnsListeners,
 		queries:    d("queries_total", "DNS queries received from clients.", ll),
 		malformed:  d("malformed_queries_total", "Datagrams dropped because they are not a DNS query with one well-formed question.", ll),
 		noBackend:  d("no_backend_total", "Queries dropped because no backend was usable.", ll),
@@ -83,8 +83,8 @@ func (c *DNSCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.noBackend, sum(ListenerDNSNoBackend), lab.Listener, lab.Cluster)
 		counter(c.stopping, sum(ListenerDNSStopping), lab.Listener, lab.Cluster)
 	}
-	for bi, lab := range c.backends {
-		if bi >= len(c.dnsBe) || !c.dnsBe[bi] {
+	for bi, lab := range c.backends() {
+		if !lab.DNS {
 			continue
 		}
 		b := core.BackendID(bi)

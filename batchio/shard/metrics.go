@@ -11,15 +11,20 @@ import (
 // ListenerLabels names a listener and the cluster it routes to.
 type ListenerLabels struct{ Listener, Cluster string }
 
-// BackendLabels names a backend and its cluster.
-type BackendLabels struct{ Cluster, Backend string }
+// BackendLabels names a backend and its cluster; DNS marks a backend of a
+// DNS-mode cluster (exported by [DNSCollector] too). A zero BackendLabels is
+// an ID not in use (a removed backend), not exported.
+type BackendLabels struct {
+	Cluster, Backend string
+	DNS              bool
+}
 
 // Collector exports the counters of a group's shards to Prometheus. It reads
 // the published copies on each scrape; the shards never wait for it.
 type Collector struct {
 	shards    []*Shard
 	listeners []ListenerLabels
-	backends  []BackendLabels
+	backends  func() []BackendLabels
 
 	shardRx, shardBatches, shardBatchDatagrams, shardLoops *prometheus.Desc
 	groRuns, groSegs, gsoSends, gsoSegs, gsoFallbacks      *prometheus.Desc
@@ -37,6 +42,13 @@ var _ prometheus.Collector = (*Collector)(nil)
 // NewCollector returns a collector for the shards; listeners and backends
 // give the label values, indexed by ListenerID and BackendID.
 func NewCollector(shards []*Shard, listeners []ListenerLabels, backends []BackendLabels) *Collector {
+	return NewDynamicCollector(shards, listeners, func() []BackendLabels { return backends })
+}
+
+// NewDynamicCollector is [NewCollector] for a backend set that changes at
+// run time: backends is called on every scrape and must be safe to call
+// from any goroutine.
+func NewDynamicCollector(shards []*Shard, listeners []ListenerLabels, backends func() []BackendLabels) *Collector {
 	sl := []string{"shard"}
 	ll := []string{"listener", "cluster"}
 	bl := []string{"cluster", "backend"}
@@ -142,7 +154,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		return v
 	}
-	for bi, lab := range c.backends {
+	for bi, lab := range c.backends() {
+		if lab == (BackendLabels{}) {
+			continue
+		}
 		b := core.BackendID(bi)
 		counter(c.beIn, sumB(b, BackendDatagramsIn), lab.Cluster, lab.Backend)
 		counter(c.beBytesIn, sumB(b, BackendBytesIn), lab.Cluster, lab.Backend)

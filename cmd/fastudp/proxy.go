@@ -115,9 +115,9 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 	p.group = g
 	p.registry = prometheus.NewRegistry()
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	p.registry.MustRegister(shard.NewCollector(g.Shards(), picker.listenerLabels(cfg), picker.backendLabels))
-	if dnsL, dnsB := dnsModeIDs(cfg); slices.Contains(dnsL, true) {
-		p.registry.MustRegister(shard.NewDNSCollector(g.Shards(), picker.listenerLabels(cfg), picker.backendLabels, dnsL, dnsB))
+	p.registry.MustRegister(shard.NewDynamicCollector(g.Shards(), picker.listenerLabels(cfg), picker.labels))
+	if dnsL := dnsListeners(cfg); slices.Contains(dnsL, true) {
+		p.registry.MustRegister(shard.NewDNSCollector(g.Shards(), picker.listenerLabels(cfg), picker.labels, dnsL))
 	}
 	names := make([]string, len(cfg.Listeners))
 	for i, l := range cfg.Listeners {
@@ -171,21 +171,15 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 	return p, nil
 }
 
-// dnsModeIDs says which listeners (by ListenerID) and backends (by
-// BackendID, numbered across clusters in config order) are in DNS mode.
-func dnsModeIDs(cfg *config.Config) (listeners, backends []bool) {
-	listeners = make([]bool, len(cfg.Listeners))
+// dnsListeners says which listeners (by ListenerID) are in DNS mode.
+func dnsListeners(cfg *config.Config) []bool {
+	out := make([]bool, len(cfg.Listeners))
 	for i, l := range cfg.Listeners {
 		if cl := cfg.Cluster(l.Cluster); cl != nil {
-			listeners[i] = cl.Mode == config.ModeDNS
+			out[i] = cl.Mode == config.ModeDNS
 		}
 	}
-	for _, cl := range cfg.Clusters {
-		for range cl.Backends {
-			backends = append(backends, cl.Mode == config.ModeDNS)
-		}
-	}
-	return listeners, backends
+	return out
 }
 
 // steeringOptions maps the config's steering keys to the group's.
@@ -295,7 +289,7 @@ func newClusterPicker(cfg *config.Config, mon *health.Monitor) (*clusterPicker, 
 		for bi, b := range cl.Backends {
 			bs[bi] = balance.Backend{ID: core.BackendID(p.backends), Addr: b.Address, Weight: uint32(b.Weight)}
 			p.backends++
-			p.backendLabels = append(p.backendLabels, shard.BackendLabels{Cluster: cl.Name, Backend: b.Label()})
+			p.backendLabels = append(p.backendLabels, shard.BackendLabels{Cluster: cl.Name, Backend: b.Label(), DNS: cl.Mode == config.ModeDNS})
 			p.backendRefs = append(p.backendRefs, backendRef{cluster: ci, addr: b.Address})
 		}
 		if len(bs) == 0 {
@@ -321,6 +315,9 @@ func newClusterPicker(cfg *config.Config, mon *health.Monitor) (*clusterPicker, 
 	}
 	return p, nil
 }
+
+// labels returns the backends' metric labels by BackendID.
+func (p *clusterPicker) labels() []shard.BackendLabels { return p.backendLabels }
 
 // Pick implements shard.Picker.
 func (p *clusterPicker) Pick(cluster core.ClusterID, key uint64) (core.Backend, bool) {
