@@ -8,7 +8,7 @@ import (
 // DNS mode defaults and limits (see docs/configuration.md).
 const (
 	DefaultDNSSockets     = 1
-	MaxDNSSockets         = 64
+	MaxDNSSockets         = 16
 	DefaultDNSMaxInFlight = 16384
 	MaxDNSMaxInFlight     = 1<<16 - 1
 	DefaultDNSTimeout     = 2 * time.Second

@@ -48,7 +48,7 @@ func TestDNSModeDefaults(t *testing.T) {
 
 func TestDNSModeErrors(t *testing.T) {
 	for _, tc := range []struct{ extra, want string }{
-		{`dns_sockets = 0`, `f.toml:10: cluster "dns": key "dns_sockets": 0 is outside 1..64`},
+		{`dns_sockets = 0`, `f.toml:10: cluster "dns": key "dns_sockets": 0 is outside 1..16`},
 		{`dns_max_inflight = 70000`, `key "dns_max_inflight": 70000 is outside 1..65535`},
 		{`dns_timeout = "0s"`, `key "dns_timeout": 0s: must be greater than 0`},
 		{`proxy_protocol = "first"`, `key "proxy_protocol": first cannot be used with mode = "dns"`},

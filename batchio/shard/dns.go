@@ -62,7 +62,7 @@ type dnsState struct {
 }
 
 // MaxDNSSockets bounds DNSListener.Sockets.
-const MaxDNSSockets = 64
+const MaxDNSSockets = 16
 
 func randomUint64() uint64 {
 	var b [8]byte

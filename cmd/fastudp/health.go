@@ -70,9 +70,9 @@ func (p *clusterPicker) reportPassive(ctx context.Context, shards []*shard.Shard
 			return
 		case <-t.C:
 		}
-		for id, ref := range p.backendRefs {
-			hc := p.clusters[ref.cluster]
-			if hc == nil {
+		for id, ref := range p.snapshotRefs() {
+			hc := p.clusters[ref.cluster].Load()
+			if hc == nil || ref.removed {
 				continue
 			}
 			b := core.BackendID(id)

@@ -18,12 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/fastudp/fastudp/balance"
 	"github.com/fastudp/fastudp/batchio"
 	"github.com/fastudp/fastudp/batchio/shard"
 	"github.com/fastudp/fastudp/bpf"
 	"github.com/fastudp/fastudp/config"
-	"github.com/fastudp/fastudp/core"
 	"github.com/fastudp/fastudp/health"
 )
 
@@ -92,7 +90,7 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		Shards:          shards,
 		Listeners:       listeners,
 		Listen:          batchio.ListenOptions{RecvBuffer: cfg.SocketReceiveBuffer, SendBuffer: cfg.SocketSendBuffer, SpecificPacketInfoOff: true},
-		Backends:        picker.backends,
+		Backends:        picker.capacity,
 		Core:            cfg.CoreConfig(shards),
 		BatchSize:       cfg.BatchSize,
 		UpstreamSources: cfg.UpstreamSources,
@@ -258,80 +256,4 @@ func openAccessLog(dst string) (io.Writer, io.Closer, error) {
 		return nil, nil, fmt.Errorf("access log: %w", err)
 	}
 	return f, f, nil
-}
-
-// clusterPicker chooses backends for new flows and DNS queries: per
-// cluster, the health monitor's current view (an immutable balance table and
-// the set of its usable backends), read with one atomic load. Shards share
-// it; nothing on the pick path locks or allocates.
-type clusterPicker struct {
-	clusters      []*health.Cluster // by core.ClusterID; nil for a cluster without backends
-	backends      int
-	backendLabels []shard.BackendLabels
-	// backendRefs[id] locates BackendID id, for passive health reports.
-	backendRefs []backendRef
-}
-
-// backendRef is a backend's cluster and address.
-type backendRef struct {
-	cluster int
-	addr    netip.AddrPort
-}
-
-var _ shard.Picker = (*clusterPicker)(nil)
-
-// newClusterPicker builds each cluster's table and registers it with mon,
-// which checks its backends as [cluster.health] says.
-func newClusterPicker(cfg *config.Config, mon *health.Monitor) (*clusterPicker, error) {
-	p := &clusterPicker{clusters: make([]*health.Cluster, len(cfg.Clusters))}
-	for ci, cl := range cfg.Clusters {
-		bs := make([]balance.Backend, len(cl.Backends))
-		for bi, b := range cl.Backends {
-			bs[bi] = balance.Backend{ID: core.BackendID(p.backends), Addr: b.Address, Weight: uint32(b.Weight)}
-			p.backends++
-			p.backendLabels = append(p.backendLabels, shard.BackendLabels{Cluster: cl.Name, Backend: b.Label(), DNS: cl.Mode == config.ModeDNS})
-			p.backendRefs = append(p.backendRefs, backendRef{cluster: ci, addr: b.Address})
-		}
-		if len(bs) == 0 {
-			continue
-		}
-		alg := balance.Maglev
-		if cl.LB == config.LBHRW {
-			alg = balance.HRW
-		}
-		t, err := balance.New(alg, cfg.Seed, bs, 0)
-		if err != nil {
-			return nil, fmt.Errorf("cluster %q: %w", cl.Name, err)
-		}
-		probe, passive, err := healthConfig(&cl.Health)
-		if err != nil {
-			return nil, fmt.Errorf("cluster %q: health: %w", cl.Name, err)
-		}
-		hc, err := mon.AddCluster(cl.Name, t, probe, passive, cl.FailOpen)
-		if err != nil {
-			return nil, fmt.Errorf("cluster %q: %w", cl.Name, err)
-		}
-		p.clusters[ci] = hc
-	}
-	return p, nil
-}
-
-// labels returns the backends' metric labels by BackendID.
-func (p *clusterPicker) labels() []shard.BackendLabels { return p.backendLabels }
-
-// Pick implements shard.Picker.
-func (p *clusterPicker) Pick(cluster core.ClusterID, key uint64) (core.Backend, bool) {
-	if int(cluster) >= len(p.clusters) || p.clusters[cluster] == nil {
-		return core.Backend{}, false
-	}
-	b, ok := p.clusters[cluster].Pick(key)
-	return core.Backend{ID: b.ID, Addr: b.Addr}, ok
-}
-
-func (p *clusterPicker) listenerLabels(cfg *config.Config) []shard.ListenerLabels {
-	ls := make([]shard.ListenerLabels, len(cfg.Listeners))
-	for i, l := range cfg.Listeners {
-		ls[i] = shard.ListenerLabels{Listener: l.Name, Cluster: l.Cluster}
-	}
-	return ls
 }

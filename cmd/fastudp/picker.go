@@ -1,0 +1,309 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/fastudp/fastudp/balance"
+	"github.com/fastudp/fastudp/batchio/shard"
+	"github.com/fastudp/fastudp/config"
+	"github.com/fastudp/fastudp/core"
+	"github.com/fastudp/fastudp/health"
+)
+
+// spareBackendIDs is how many backends can be added at run time beyond those
+// configured at start. Each ID costs its counters (about 600 bytes per
+// shard) but nothing per datagram until it is used.
+const spareBackendIDs = 1024
+
+// Errors of the backend registry, for the control API to classify.
+var (
+	errNotFound = errors.New("not found")
+	errInvalid  = errors.New("invalid")
+	errConflict = errors.New("conflict")
+)
+
+// clusterPicker chooses backends for new flows and DNS queries: per
+// cluster, the health monitor's current view (an immutable balance table and
+// the set of its usable backends), read with one atomic load. Shards share
+// it; nothing on the pick path locks or allocates.
+//
+// It is also the registry of backends: adding, removing or reweighting one
+// builds the cluster's new table off the data path and hands it to the
+// health monitor, which publishes it with the backends' states.
+type clusterPicker struct {
+	clusters []atomic.Pointer[health.Cluster] // by core.ClusterID; nil for a cluster without backends
+	// capacity bounds BackendIDs (the shards' counters are sized for it).
+	capacity int
+	seed     uint64
+	mon      *health.Monitor
+
+	mu    sync.Mutex // guards the fields below and table changes
+	names []string   // cluster names by ClusterID
+	lb    []config.LB
+	mode  []config.Mode
+	// refs[id] is BackendID id; a removed backend keeps its ID (its flows
+	// may live on) with removed set.
+	refs   []backendRef
+	labelV atomic.Pointer[[]shard.BackendLabels]
+}
+
+// backendRef is one backend of the registry.
+type backendRef struct {
+	cluster int
+	addr    netip.AddrPort
+	name    string
+	weight  int
+	removed bool
+}
+
+var _ shard.Picker = (*clusterPicker)(nil)
+
+// newClusterPicker builds each cluster's table and registers it with mon,
+// which checks its backends as [cluster.health] says.
+func newClusterPicker(cfg *config.Config, mon *health.Monitor) (*clusterPicker, error) {
+	p := &clusterPicker{
+		clusters: make([]atomic.Pointer[health.Cluster], len(cfg.Clusters)),
+		seed:     cfg.Seed,
+		mon:      mon,
+	}
+	for ci := range cfg.Clusters {
+		cl := &cfg.Clusters[ci]
+		p.names = append(p.names, cl.Name)
+		p.lb = append(p.lb, cl.LB)
+		p.mode = append(p.mode, cl.Mode)
+		for _, b := range cl.Backends {
+			p.refs = append(p.refs, backendRef{cluster: ci, addr: b.Address, name: b.Name, weight: b.Weight})
+		}
+	}
+	p.capacity = len(p.refs) + spareBackendIDs
+	for ci := range cfg.Clusters {
+		if err := p.addHealth(ci, &cfg.Clusters[ci]); err != nil {
+			return nil, err
+		}
+	}
+	p.publishLabels()
+	return p, nil
+}
+
+// addHealth registers cluster ci with the health monitor under its current
+// backends and cl's health settings.
+func (p *clusterPicker) addHealth(ci int, cl *config.Cluster) error {
+	t, err := p.tableLocked(ci)
+	if err != nil || t == nil {
+		return err
+	}
+	probe, passive, err := healthConfig(&cl.Health)
+	if err != nil {
+		return fmt.Errorf("cluster %q: health: %w", cl.Name, err)
+	}
+	hc, err := p.mon.AddCluster(cl.Name, t, probe, passive, cl.FailOpen)
+	if err != nil {
+		return fmt.Errorf("cluster %q: %w", cl.Name, err)
+	}
+	p.clusters[ci].Store(hc)
+	return nil
+}
+
+// tableLocked builds cluster ci's table from its live backends; nil when it
+// has none.
+func (p *clusterPicker) tableLocked(ci int) (*balance.Table, error) {
+	var bs []balance.Backend
+	for id, r := range p.refs {
+		if r.cluster == ci && !r.removed {
+			bs = append(bs, balance.Backend{ID: core.BackendID(id), Addr: r.addr, Weight: uint32(r.weight)})
+		}
+	}
+	if len(bs) == 0 {
+		return nil, nil
+	}
+	alg := balance.Maglev
+	if p.lb[ci] == config.LBHRW {
+		alg = balance.HRW
+	}
+	t, err := balance.New(alg, p.seed, bs, 0)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %q: %w", p.names[ci], err)
+	}
+	return t, nil
+}
+
+// Pick implements shard.Picker.
+func (p *clusterPicker) Pick(cluster core.ClusterID, key uint64) (core.Backend, bool) {
+	if int(cluster) >= len(p.clusters) {
+		return core.Backend{}, false
+	}
+	hc := p.clusters[cluster].Load()
+	if hc == nil {
+		return core.Backend{}, false
+	}
+	b, ok := hc.Pick(key)
+	return core.Backend{ID: b.ID, Addr: b.Addr}, ok
+}
+
+// labels returns the backends' metric labels by BackendID; removed ones are
+// zero.
+func (p *clusterPicker) labels() []shard.BackendLabels { return *p.labelV.Load() }
+
+func (p *clusterPicker) publishLabels() {
+	ls := make([]shard.BackendLabels, len(p.refs))
+	for id, r := range p.refs {
+		if r.removed {
+			continue
+		}
+		label := r.name
+		if label == "" {
+			label = r.addr.String()
+		}
+		ls[id] = shard.BackendLabels{Cluster: p.names[r.cluster], Backend: label, DNS: p.mode[r.cluster] == config.ModeDNS}
+	}
+	p.labelV.Store(&ls)
+}
+
+// listenerLabels names the listeners and their clusters for the metrics.
+func (p *clusterPicker) listenerLabels(cfg *config.Config) []shard.ListenerLabels {
+	ls := make([]shard.ListenerLabels, len(cfg.Listeners))
+	for i, l := range cfg.Listeners {
+		ls[i] = shard.ListenerLabels{Listener: l.Name, Cluster: l.Cluster}
+	}
+	return ls
+}
+
+// clusterIndex returns the ClusterID of the cluster named name.
+func (p *clusterPicker) clusterIndex(name string) (int, error) {
+	for i, n := range p.names {
+		if n == name {
+			return i, nil
+		}
+	}
+	return -1, fmt.Errorf("%w: no cluster %q", errNotFound, name)
+}
+
+func (p *clusterPicker) findLocked(ci int, addr netip.AddrPort) int {
+	for id, r := range p.refs {
+		if r.cluster == ci && !r.removed && r.addr == addr {
+			return id
+		}
+	}
+	return -1
+}
+
+// applyLocked rebuilds cluster ci's table and hands it to the health monitor.
+func (p *clusterPicker) applyLocked(ci int) error {
+	t, err := p.tableLocked(ci)
+	if err != nil {
+		return err
+	}
+	hc := p.clusters[ci].Load()
+	if t == nil || hc == nil {
+		return fmt.Errorf("%w: cluster %q would have no backend", errInvalid, p.names[ci])
+	}
+	if err := hc.SetTable(t); err != nil {
+		return err
+	}
+	p.publishLabels()
+	return nil
+}
+
+// addBackend adds a backend to cluster ci; new flows may go to it at once
+// (it starts as a new backend does for the cluster's health checks).
+func (p *clusterPicker) addBackend(ci int, name string, addr netip.AddrPort, weight int) error {
+	if !addr.IsValid() || addr.Port() == 0 || addr.Addr().IsUnspecified() || addr.Addr().IsMulticast() {
+		return fmt.Errorf("%w: %v is not a unicast ip:port", errInvalid, addr)
+	}
+	if weight < 1 || weight > config.MaxWeight {
+		return fmt.Errorf("%w: weight %d is outside 1..%d", errInvalid, weight, config.MaxWeight)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.findLocked(ci, addr) >= 0 {
+		return fmt.Errorf("%w: %v is already a backend of cluster %q", errConflict, addr, p.names[ci])
+	}
+	if len(p.refs) >= p.capacity {
+		return fmt.Errorf("%w: %d backends added since start, the most without a restart", errInvalid, spareBackendIDs)
+	}
+	if p.clusters[ci].Load() == nil {
+		return fmt.Errorf("%w: cluster %q has no health state (it had no backend at start); restart to add one", errInvalid, p.names[ci])
+	}
+	p.refs = append(p.refs, backendRef{cluster: ci, addr: addr, name: name, weight: weight})
+	if err := p.applyLocked(ci); err != nil {
+		p.refs = p.refs[:len(p.refs)-1]
+		return err
+	}
+	return nil
+}
+
+// removeBackend takes a backend out of cluster ci: no new flow goes to it;
+// its live flows continue until they end.
+func (p *clusterPicker) removeBackend(ci int, addr netip.AddrPort) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id := p.findLocked(ci, addr)
+	if id < 0 {
+		return fmt.Errorf("%w: %v is not a backend of cluster %q", errNotFound, addr, p.names[ci])
+	}
+	p.refs[id].removed = true
+	if err := p.applyLocked(ci); err != nil {
+		p.refs[id].removed = false
+		return err
+	}
+	return nil
+}
+
+// setWeight changes a backend's weight (new flows only).
+func (p *clusterPicker) setWeight(ci int, addr netip.AddrPort, weight int) error {
+	if weight < 1 || weight > config.MaxWeight {
+		return fmt.Errorf("%w: weight %d is outside 1..%d", errInvalid, weight, config.MaxWeight)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id := p.findLocked(ci, addr)
+	if id < 0 {
+		return fmt.Errorf("%w: %v is not a backend of cluster %q", errNotFound, addr, p.names[ci])
+	}
+	old := p.refs[id].weight
+	p.refs[id].weight = weight
+	if err := p.applyLocked(ci); err != nil {
+		p.refs[id].weight = old
+		return err
+	}
+	return nil
+}
+
+// setDraining sets a backend's lame-duck flag.
+func (p *clusterPicker) setDraining(ci int, addr netip.AddrPort, on bool) error {
+	p.mu.Lock()
+	id := p.findLocked(ci, addr)
+	p.mu.Unlock()
+	if id < 0 {
+		return fmt.Errorf("%w: %v is not a backend of cluster %q", errNotFound, addr, p.names[ci])
+	}
+	hc := p.clusters[ci].Load()
+	if hc == nil {
+		return fmt.Errorf("%w: cluster %q", errNotFound, p.names[ci])
+	}
+	return hc.SetDraining(addr, on)
+}
+
+// backendsOf returns a copy of cluster ci's live backends with their IDs.
+func (p *clusterPicker) backendsOf(ci int) (ids []core.BackendID, refs []backendRef) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, r := range p.refs {
+		if r.cluster == ci && !r.removed {
+			ids = append(ids, core.BackendID(id))
+			refs = append(refs, r)
+		}
+	}
+	return ids, refs
+}
+
+// snapshotRefs returns a copy of the registry, for the passive reports.
+func (p *clusterPicker) snapshotRefs() []backendRef {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]backendRef(nil), p.refs...)
+}
