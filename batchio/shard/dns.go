@@ -34,6 +34,7 @@ type DNSListener struct {
 type dnsSock struct {
 	fd      int
 	backend core.BackendID
+	cluster core.ClusterID
 	index   int // among the backend's sockets, for metrics
 	table   *idtable.Table
 	out     []batchio.Message // queries collected for one sendmmsg
@@ -186,7 +187,7 @@ func (s *Shard) dnsQuery(li int, client netip.AddrPort, local netip.Addr, msg []
 		s.counters.addListener(lid, ListenerDNSNoBackend, 1)
 		return
 	}
-	be := s.dnsBackendFor(b, lst.DNS)
+	be := s.dnsBackendFor(b, lst.Cluster.Cluster, lst.DNS)
 	if be == nil {
 		s.counters.addListener(lid, ListenerDNSNoBackend, 1)
 		return
@@ -224,7 +225,7 @@ func (s *Shard) dnsQuery(li int, client netip.AddrPort, local netip.Addr, msg []
 
 // dnsBackendFor returns backend b's sockets, opening them on its first
 // query; nil when none could be opened.
-func (s *Shard) dnsBackendFor(b core.Backend, o *DNSListener) *dnsBackend {
+func (s *Shard) dnsBackendFor(b core.Backend, cluster core.ClusterID, o *DNSListener) *dnsBackend {
 	if int(b.ID) >= len(s.dns.backends) {
 		return nil
 	}
@@ -252,6 +253,7 @@ func (s *Shard) dnsBackendFor(b core.Backend, o *DNSListener) *dnsBackend {
 		s.dns.socks = append(s.dns.socks, dnsSock{
 			fd:      fd,
 			backend: b.ID,
+			cluster: cluster,
 			index:   i,
 			table:   idtable.New(o.MaxInFlight, core.Time(o.Timeout), randomUint64()),
 			out:     make([]batchio.Message, 0, s.opts.BatchSize),
@@ -261,6 +263,22 @@ func (s *Shard) dnsBackendFor(b core.Backend, o *DNSListener) *dnsBackend {
 		return nil
 	}
 	return be
+}
+
+// updateDNS applies new settings to a DNS-mode listener.
+func (s *Shard) updateDNS(u *DNSUpdate) {
+	li := int(u.Listener)
+	if li >= len(s.opts.Listeners) || s.opts.Listeners[li].DNS == nil {
+		return
+	}
+	o := u.Options
+	s.opts.Listeners[li].DNS = &o
+	cluster := s.opts.Listeners[li].Cluster.Cluster
+	for i := range s.dns.socks {
+		if ds := &s.dns.socks[i]; ds.cluster == cluster {
+			ds.table.SetTimeout(core.Time(o.Timeout))
+		}
+	}
 }
 
 // flushDNSQueries sends the queries collected for every socket.

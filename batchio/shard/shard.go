@@ -151,6 +151,18 @@ type Control struct {
 	Grace time.Duration
 	// Flows, when set, asks for a snapshot of up to Flows.Limit live flows.
 	Flows *FlowsRequest
+	// DNS, when set, changes a DNS-mode listener's settings (see
+	// [DNSUpdate]).
+	DNS *DNSUpdate
+}
+
+// DNSUpdate gives DNS-mode listener Listener new settings. The timeout
+// applies to queries sent from then on, on every shared socket of the
+// listener's cluster; Sockets and MaxInFlight apply to sockets opened from
+// then on (a backend's sockets open on its first query).
+type DNSUpdate struct {
+	Listener core.ListenerID
+	Options  DNSListener
 }
 
 // FlowsRequest asks a shard for its live flows; the shard sends exactly one
@@ -453,7 +465,11 @@ func (s *Shard) drainControl(now core.Time) {
 				s.inputs = append(s.inputs, core.ConfigInput(*c.Config))
 				if ev := c.Config; ev.Kind == core.ConfigSetCluster && int(ev.Listener) < len(s.oneReply) {
 					s.oneReply[ev.Listener] = ev.Cluster.Responses == 1
+					s.opts.Listeners[ev.Listener].Cluster = ev.Cluster // DNS mode reads the affinity here
 				}
+			}
+			if u := c.DNS; u != nil {
+				s.updateDNS(u)
 			}
 			if r := c.Flows; r != nil {
 				s.process(now) // flows opened by inputs already read are listed too

@@ -307,3 +307,27 @@ func (p *clusterPicker) snapshotRefs() []backendRef {
 	defer p.mu.Unlock()
 	return append([]backendRef(nil), p.refs...)
 }
+
+// setLB changes cluster ci's load-balancing algorithm (a new table).
+func (p *clusterPicker) setLB(ci int, lb config.LB) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.lb[ci]
+	p.lb[ci] = lb
+	if err := p.applyLocked(ci); err != nil {
+		p.lb[ci] = old
+		return err
+	}
+	return nil
+}
+
+// replaceHealth restarts cluster ci's health checks with cl's settings: the
+// backends start over as at start (draining flags are cleared).
+func (p *clusterPicker) replaceHealth(ci int, cl *config.Cluster) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.mon.RemoveCluster(p.names[ci]); err != nil && p.clusters[ci].Load() != nil {
+		return err
+	}
+	return p.addHealth(ci, cl)
+}

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +39,10 @@ type proxy struct {
 	access   io.Closer
 	dnsTCP   []*dnsTCP
 	health   *health.Monitor
+	// cfgPath is the file reload reads ("" for quick-start flags);
+	// reloadMu serialises reloads and control-API changes of p.cfg.
+	cfgPath  string
+	reloadMu sync.Mutex
 	// stopBackground stops the health monitor and the passive reports.
 	stopBackground context.CancelFunc
 }

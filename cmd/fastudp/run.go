@@ -41,7 +41,7 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	} else {
 		log.Debug("open-file limit", "limit", n)
 	}
-	return serve(cfg, log)
+	return serve(cfg, *configPath, log)
 }
 
 // loadConfig reads the file, or builds the config from quick-start flags;
@@ -68,8 +68,9 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 }
 
 // serve runs the proxy until SIGINT or SIGTERM, then drains live flows for
-// the grace period; a second signal stops at once.
-func serve(cfg *config.Config, log *slog.Logger) error {
+// the grace period; a second signal stops at once. SIGHUP reloads the config
+// file at path (see [proxy.reload]).
+func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Catch signals before the listeners open, so a signal that arrives as
@@ -77,11 +78,22 @@ func serve(cfg *config.Config, log *slog.Logger) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
 	p, err := startProxy(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	sig := <-sigs
+	p.cfgPath = path
+	var sig os.Signal
+	for sig == nil {
+		select {
+		case sig = <-sigs:
+		case <-hups:
+			p.logReload(p.reload())
+		}
+	}
 	log.Info("stopping: draining live flows", "signal", sig.String(), "grace", cfg.GracePeriod)
 	go func() {
 		if s, ok := <-sigs; ok {
