@@ -89,6 +89,9 @@ type Config struct {
 	// Metrics is the listen address of the Prometheus /metrics endpoint; ""
 	// turns it off.
 	Metrics string
+	// Control is the path of the control API's unix socket (mode 0600);
+	// "" turns it off.
+	Control string
 	// LogLevel is one of slog.LevelDebug, LevelInfo, LevelWarn, LevelError.
 	LogLevel slog.Level
 	// LogFormat chooses text or JSON logs.

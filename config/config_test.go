@@ -34,6 +34,7 @@ func exampleConfig() Config {
 			netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("::1"),
 		},
 		Metrics:     "127.0.0.1:9153",
+		Control:     "/run/fastudp/control.sock",
 		LogLevel:    slog.LevelInfo,
 		LogFormat:   LogJSON,
 		AccessLog:   "stdout",

@@ -30,6 +30,7 @@ type Flags struct {
 	Shards        string   // --shards N
 	Seed          string   // --seed N
 	Metrics       string   // --metrics ADDR
+	Control       string   // --control PATH
 	LogLevel      string   // --log-level LEVEL
 	Steering      string   // --steering kernel|hash|cpu
 	SteeringKey   string   // --steering-key flow|ip
@@ -60,6 +61,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Shards, "shards", "", "run `N` shards (default 0: GOMAXPROCS)")
 	fs.StringVar(&f.Seed, "seed", "", "affinity hash seed `N`, decimal or 0x hex (default 0x66617374756470)")
 	fs.StringVar(&f.Metrics, "metrics", "", "serve Prometheus /metrics on `ADDR` (host:port; default off)")
+	fs.StringVar(&f.Control, "control", "", "serve the control API (fastudp ctl) on the unix socket `PATH` (default off)")
 	fs.StringVar(&f.LogLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default info)")
 	fs.StringVar(&f.Steering, "steering", "", "choose each datagram's shard by `MODE`: kernel (SO_REUSEPORT hash), hash or cpu (eBPF; needs CAP_BPF) (default kernel)")
 	fs.StringVar(&f.SteeringKey, "steering-key", "", "what hash steering hashes: `KEY` flow (client IP and port) or ip (default flow)")
@@ -104,6 +106,7 @@ var flagSpecs = []flagSpec{
 	{"shards", []string{"shards"}, func(f *Flags) string { return f.Shards }, true, false},
 	{"seed", []string{"seed"}, func(f *Flags) string { return f.Seed }, false, false},
 	{"metrics", []string{"metrics"}, func(f *Flags) string { return f.Metrics }, false, false},
+	{name: "control", paths: []string{"control"}, get: func(f *Flags) string { return f.Control }},
 	{"log-level", []string{"log_level"}, func(f *Flags) string { return f.LogLevel }, false, false},
 	{"steering", []string{"steering"}, func(f *Flags) string { return f.Steering }, false, false},
 	{"steering-key", []string{"steering_key"}, func(f *Flags) string { return f.SteeringKey }, false, false},

@@ -38,6 +38,7 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 	}
 	w("upstream_sources", srcs)
 	w("metrics", c.Metrics)
+	w("control", c.Control)
 	w("log_level", logLevelName(c.LogLevel))
 	w("log_format", c.LogFormat.String())
 	w("access_log", c.AccessLog)

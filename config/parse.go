@@ -150,6 +150,7 @@ var (
 		{"socket_send_buffer", func(v value, c *Config) { v.byteSize(&c.SocketSendBuffer) }},
 		{"upstream_sources", func(v value, c *Config) { v.addrs(&c.UpstreamSources) }},
 		{"metrics", func(v value, c *Config) { v.string(&c.Metrics) }},
+		{"control", func(v value, c *Config) { v.string(&c.Control) }},
 		{"log_level", func(v value, c *Config) { enum(v, &c.LogLevel, ParseLogLevel) }},
 		{"log_format", func(v value, c *Config) { enum(v, &c.LogFormat, ParseLogFormat) }},
 		{"access_log", func(v value, c *Config) { v.string(&c.AccessLog) }},
