@@ -157,7 +157,9 @@ type Cluster struct {
 	// FailOpen sends new flows to every backend that is not draining when
 	// health checks find none up, instead of dropping them.
 	FailOpen bool
-	Health   Health
+	// DownFlows is what happens to live flows whose backend goes down.
+	DownFlows DownFlows
+	Health    Health
 	Backends []Backend
 }
 

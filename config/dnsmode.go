@@ -60,6 +60,38 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("mode %q: want udp or dns", s)
 }
 
+// DownFlows is what happens to live flows whose backend goes down.
+type DownFlows uint8
+
+// Policies for flows pinned to a backend that goes down.
+const (
+	// DownFlowsContinue lets them go on until they end (the default: a
+	// backend that fails its probes may still serve the flows it has).
+	DownFlowsContinue DownFlows = iota
+	// DownFlowsClose closes each at its client's next datagram, which
+	// starts a new flow on a healthy backend.
+	DownFlowsClose
+)
+
+var downFlowsNames = [...]string{DownFlowsContinue: "continue", DownFlowsClose: "close"}
+
+func (d DownFlows) String() string {
+	if int(d) < len(downFlowsNames) {
+		return downFlowsNames[d]
+	}
+	return fmt.Sprintf("downflows(%d)", uint8(d))
+}
+
+// ParseDownFlows parses "continue" or "close".
+func ParseDownFlows(s string) (DownFlows, error) {
+	for i, n := range downFlowsNames {
+		if s == n {
+			return DownFlows(i), nil
+		}
+	}
+	return 0, fmt.Errorf("down_flows %q: want continue or close", s)
+}
+
 // DNS is a cluster's DNS-mode settings (used when Mode is [ModeDNS]).
 type DNS struct {
 	// Sockets is the number of connected upstream sockets per backend and

@@ -79,6 +79,7 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 		w("dns_tcp", cl.DNS.TCP)
 		w("dns_tcp_idle_timeout", cl.DNS.TCPIdleTimeout)
 		w("fail_open", cl.FailOpen)
+		w("down_flows", cl.DownFlows.String())
 		indent = "  "
 		h := &cl.Health
 		b.WriteString("\n  [cluster.health]\n")

@@ -185,6 +185,7 @@ var (
 		{"dns_tcp", func(v value, c *Cluster) { v.bool(&c.DNS.TCP) }},
 		{"dns_tcp_idle_timeout", func(v value, c *Cluster) { v.duration(&c.DNS.TCPIdleTimeout) }},
 		{"fail_open", func(v value, c *Cluster) { v.bool(&c.FailOpen) }},
+		{"down_flows", func(v value, c *Cluster) { enum(v, &c.DownFlows, ParseDownFlows) }},
 	}
 	healthFields = []field[Health]{
 		{"type", func(v value, h *Health) { enum(v, &h.Type, ParseHealthType) }},

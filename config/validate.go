@@ -183,6 +183,9 @@ func (v *validator) cluster(c *Config, i int) {
 	if cl.Lifetime < 0 {
 		v.fail(joinPath(path, "lifetime"), item, "lifetime", "%v is negative", cl.Lifetime)
 	}
+	if cl.DownFlows > DownFlowsClose {
+		v.fail(joinPath(path, "down_flows"), item, "down_flows", "%v is not valid, want continue or close", cl.DownFlows)
+	}
 	v.dnsMode(cl, path, item)
 	v.health(cl, joinPath(path, "health"), item)
 	if len(cl.Backends) == 0 && cl.Name != "" {
