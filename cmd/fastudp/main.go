@@ -61,6 +61,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = demoCommand(args[1:], stdout, stderr)
 	case "bench":
 		err = benchCommand(args[1:], stdout, stderr)
+	case "ctl":
+		return runCtl(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "fastudp", version)
 	case "help", "-h", "--help":
