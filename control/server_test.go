@@ -558,3 +558,34 @@ func TestServer_concurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestShutdown_removesSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ctl.sock")
+	s, err := control.Listen(path, newFake(), quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve() }()
+	if _, err := control.NewClient(path).Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket file after Shutdown: %v", err)
+	}
+}
+
+func TestListen_missingDirectory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "no", "ctl.sock")
+	if _, err := control.Listen(path, newFake(), quietLog()); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Listen in a missing directory: %v", err)
+	}
+}
