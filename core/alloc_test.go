@@ -38,6 +38,28 @@ func TestAllocsForward(t *testing.T) {
 	})
 }
 
+// TestAllocsForwardBackendsDown: the forward path with backends marked down
+// (but not the flows' own) under the close policy: the down-set lookup
+// allocates nothing and forwards as usual.
+func TestAllocsForwardBackendsDown(t *testing.T) {
+	cc := benchCluster()
+	cc.CloseOnBackendDown = true
+	r := newBenchRig(t, allocFlows, cc)
+	r.markDown(2, 3, 700, MaxDownBackendID-1)
+	payload := make([]byte, 100)
+	rng := benchRand(5)
+	r.forwarding(payload)
+	assertNoAllocs(t, "forward, backends down", func() {
+		r.forward(rng.intn(allocFlows))
+		if len(r.out) != 1 || r.out[0].Kind != OutSendToBackend {
+			t.Fatalf("forward: %+v", r.out)
+		}
+	})
+	if r.m.BackendsDown() != 4 || r.m.Stats().Closes[CloseBackendDown] != 0 {
+		t.Fatalf("%d backends down, %d closed", r.m.BackendsDown(), r.m.Stats().Closes[CloseBackendDown])
+	}
+}
+
 func TestAllocsReturn(t *testing.T) {
 	r := newBenchRig(t, allocFlows, benchCluster())
 	payload := make([]byte, 100)

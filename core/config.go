@@ -113,6 +113,13 @@ type ClusterConfig struct {
 	// PublicAddr, when valid, replaces the local address as the PROXY v2
 	// destination (for a proxy behind NAT).
 	PublicAddr netip.AddrPort
+	// CloseOnBackendDown chooses what happens to a flow whose backend is
+	// marked down ([ConfigBackendDown]): false (the "continue" policy, the
+	// default) lets it go on until it ends; true (the "close" policy) closes
+	// it with [CloseBackendDown] at the client's next datagram, which then
+	// starts a new flow and so gets a backend the shell's picker chooses
+	// anew. Replies never close a flow.
+	CloseOnBackendDown bool
 }
 
 // Validate reports the first invalid field of c.
@@ -176,9 +183,25 @@ const (
 	ConfigUndrain
 	// ConfigCloseAll closes every flow with [CloseShutdown].
 	ConfigCloseAll
+	// ConfigBackendDown marks Backend down. Live flows pinned to it keep
+	// their contract: those admitted with [ClusterConfig.CloseOnBackendDown]
+	// close at their client's next datagram, which starts a new flow; the
+	// others go on. Marking a backend twice is the same as once. IDs from
+	// [MaxDownBackendID] up cannot be marked: the event is ignored and
+	// counted as [MetricInvalidInput].
+	ConfigBackendDown
+	// ConfigBackendUp clears the mark of ConfigBackendDown. A backend never
+	// marked is up.
+	ConfigBackendUp
+	numConfigKinds
 )
 
-var configKindNames = [...]string{"", "set-cluster", "remove-cluster", "max-flows", "max-rx", "drain", "undrain", "close-all"}
+// MaxDownBackendID bounds the backend ids [ConfigBackendDown] can mark: the
+// down set is a bitset indexed by id (at most 128 KiB).
+const MaxDownBackendID = 1 << 20
+
+var configKindNames = [...]string{"", "set-cluster", "remove-cluster", "max-flows", "max-rx", "drain", "undrain", "close-all",
+	"backend-down", "backend-up"}
 
 func (k ConfigKind) String() string {
 	if int(k) < len(configKindNames) && k != 0 {
@@ -191,8 +214,10 @@ func (k ConfigKind) String() string {
 type ConfigEvent struct {
 	Kind     ConfigKind
 	Listener ListenerID
-	Cluster  ClusterConfig
-	Value    int
+	// Backend names the backend of ConfigBackendDown and ConfigBackendUp.
+	Backend BackendID
+	Cluster ClusterConfig
+	Value   int
 }
 
 // Config configures a [Manager] at construction.

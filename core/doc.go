@@ -35,4 +35,15 @@
 // ([AffinityHash]); it never merges client ports into one flow. Flow ids
 // ([FlowID]) carry a generation, so an id that outlived its flow never reaches
 // a newer flow in the same slot.
+//
+// # Backends marked down
+//
+// The control plane marks backends down and up with [ConfigBackendDown] and
+// [ConfigBackendUp]. Each flow keeps the policy of the contract it was
+// admitted under: by default it goes on until it ends; with
+// [ClusterConfig.CloseOnBackendDown] the client's next datagram closes it
+// ([CloseBackendDown]) and is admitted as the first datagram of a new flow,
+// which asks for a backend anew. Replies never close a flow, and a flow still
+// waiting for its backend is not affected. While no backend is marked the data
+// path pays one predictable branch.
 package core

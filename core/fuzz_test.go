@@ -87,10 +87,23 @@ func decodeSimOp(r *byteReader) simOp {
 	case simSetCluster:
 		op.A = int(r.byte())
 		op.Cluster = clusterFrom(func() int { return int(r.byte()) })
-	case simMaxFlows, simMaxRx:
+	case simMaxFlows, simMaxRx, simBackendDown, simBackendUp:
 		op.Value = int(r.byte())
 	}
 	return op
+}
+
+// fuzzSeedBackendDown: see FuzzManager. Op bytes index simOpTable: 0
+// client, 26 resolve, 76 backend-down, 79 backend-up, 51 advance, 46 timer.
+var fuzzSeedBackendDown = []byte{1, 0, 0, 0, 0, 0, 0, 0, 2, 1, 1, 0,
+	0, 2, 0, 0, 0, 20, 1, 0, 0, // client on listener 2
+	26, 0, 0, 0, 0, 0, // resolve to backend 1
+	76, 0, // backend 1 down
+	0, 2, 0, 0, 0, 30, 1, 0, 0, // client again: closes the flow, opens another
+	26, 0, 0, 1, 0, 0, // resolve to backend 2
+	79, 0, // backend 1 up
+	51, 3, 0, 0, 0, 0, // advance
+	46, // timer
 }
 
 // FuzzManager decodes arbitrary bytes into a manager config and a sequence of
@@ -109,6 +122,10 @@ func FuzzManager(f *testing.F) {
 		40, 3, 0, 0, 0, // advance
 		37, 0, 0, 0, 0, // timer
 	})
+	// A flow on listener 2 (close policy) resolved to backend 1, backend 1
+	// marked down, the client's next datagram (a new flow, resolved to
+	// backend 2), backend 1 up.
+	f.Add(fuzzSeedBackendDown)
 	// Pseudo-random sequences of several lengths.
 	x := uint64(7)
 	for _, n := range []int{16, 64, 256, 1024, 4096} {

@@ -1,6 +1,9 @@
 package core
 
-import "fmt"
+import (
+	"fmt"
+	"math/bits"
+)
 
 // CheckInvariants verifies the manager's internal consistency and returns the
 // first violation found. It walks every flow, so tests, fuzzers and the trace
@@ -10,8 +13,9 @@ import "fmt"
 // exceed the highest cap ever set; every attached flow is found under its key
 // and the table holds nothing else; every live flow has one timer entry no
 // later than its deadline and the heap is ordered; held datagrams match their
-// counts and only waiting flows hold any; config references balance; and the
-// armed deadline equals the earliest timer entry.
+// counts and only waiting flows hold any; config references balance; the
+// down-backend count matches the set; and the armed deadline equals the
+// earliest timer entry.
 func (m *Manager) CheckInvariants() error {
 	live, attached, held := 0, 0, 0
 	refs := make([]int32, len(m.versions))
@@ -101,6 +105,16 @@ func (m *Manager) CheckInvariants() error {
 		if refs[i] != m.versions[i].refs {
 			return fmt.Errorf("config version %d: %d references, counted %d", i, refs[i], m.versions[i].refs)
 		}
+	}
+	down := 0
+	for _, w := range m.down {
+		down += bits.OnesCount64(w)
+	}
+	if down != m.downCount {
+		return fmt.Errorf("%d backends marked down, counted %d", down, m.downCount)
+	}
+	if len(m.down) > MaxDownBackendID/64 {
+		return fmt.Errorf("down set of %d words, bound %d", len(m.down), MaxDownBackendID/64)
 	}
 	if m.out == nil && m.armed != m.timers.min() {
 		return fmt.Errorf("armed %d, earliest timer %d", m.armed, m.timers.min())

@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"math/bits"
 	"net/netip"
 )
 
@@ -102,6 +103,12 @@ type Manager struct {
 	versions     []clusterVersion
 	versionsFree []uint32
 	listeners    []int32 // ListenerID -> version index, -1 = no cluster
+
+	// down is the set of backends marked down, a bitset indexed by
+	// BackendID and grown on demand; downCount is how many are marked, so
+	// the data path skips the lookup while none is.
+	down      []uint64
+	downCount int
 
 	release [][]byte // pool buffers referenced by the last call's outputs
 	arena   []byte   // PROXY v2 headers of the current call
@@ -309,6 +316,12 @@ func (m *Manager) onClient(now Time, in *Input) {
 			m.expire(idx, now)
 			ok = false
 		}
+		if ok && m.downCount != 0 && m.closesOnDown(idx) {
+			// The flow's backend is down and its contract says close: the
+			// datagram (the whole run) starts a new flow instead.
+			m.closeFlow(idx, now, CloseBackendDown)
+			ok = false
+		}
 		if !ok {
 			if m.draining {
 				m.drop(DropDraining, segmentCount(len(payload), seg), len(payload))
@@ -321,6 +334,43 @@ func (m *Manager) onClient(now Time, in *Input) {
 			idx = m.admit(now, h, &k, ver)
 		}
 		payload = m.accept(now, idx, payload, seg, in.TOS)
+	}
+}
+
+// closesOnDown reports whether the flow at idx is established on a backend
+// marked down under a contract that closes such flows.
+func (m *Manager) closesOnDown(idx uint32) bool {
+	f := m.flows.at(idx)
+	return f.state == stateEstablished && m.versions[f.cfg].cfg.CloseOnBackendDown && m.backendDown(f.backend)
+}
+
+// backendDown reports whether backend id is marked down.
+func (m *Manager) backendDown(id BackendID) bool {
+	w := uint32(id) >> 6
+	return int(w) < len(m.down) && m.down[w]&(1<<(uint32(id)&63)) != 0
+}
+
+// markBackend marks backend id down or up. Only marking grows the set (up to
+// MaxDownBackendID bits); an id beyond it is ignored and counted invalid.
+func (m *Manager) markBackend(id BackendID, down bool) {
+	if uint32(id) >= MaxDownBackendID {
+		m.metric(MetricInvalidInput, 0)
+		return
+	}
+	w, bit := int(uint32(id)>>6), uint64(1)<<(uint32(id)&63)
+	if w >= len(m.down) {
+		if !down {
+			return // never marked: already up
+		}
+		m.down = append(m.down, make([]uint64, w+1-len(m.down))...)
+	}
+	switch was := m.down[w]&bit != 0; {
+	case down && !was:
+		m.down[w] |= bit
+		m.downCount++
+	case !down && was:
+		m.down[w] &^= bit
+		m.downCount--
 	}
 }
 
@@ -755,6 +805,10 @@ func (m *Manager) onConfig(now Time, ev *ConfigEvent) {
 				m.closeFlow(uint32(idx), now, CloseShutdown)
 			}
 		}
+	case ConfigBackendDown:
+		m.markBackend(ev.Backend, true)
+	case ConfigBackendUp:
+		m.markBackend(ev.Backend, false)
 	default:
 		m.metric(MetricInvalidInput, 0)
 	}
@@ -791,6 +845,25 @@ func (m *Manager) MaxRxDatagramSize() int { return m.maxRx }
 
 // Draining reports whether new flows are refused.
 func (m *Manager) Draining() bool { return m.draining }
+
+// BackendDown reports whether backend id is marked down by
+// [ConfigBackendDown].
+func (m *Manager) BackendDown(id BackendID) bool { return m.backendDown(id) }
+
+// BackendsDown returns how many backends are marked down.
+func (m *Manager) BackendsDown() int { return m.downCount }
+
+// DownBackends calls fn for every backend marked down, in id order, until fn
+// returns false.
+func (m *Manager) DownBackends(fn func(BackendID) bool) {
+	for w, word := range m.down {
+		for ; word != 0; word &= word - 1 {
+			if !fn(BackendID(w<<6 | bits.TrailingZeros64(word))) {
+				return
+			}
+		}
+	}
+}
 
 // Stats returns the running totals.
 func (m *Manager) Stats() Stats { return m.stats }

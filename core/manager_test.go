@@ -1490,7 +1490,7 @@ func TestConfigEvents(t *testing.T) {
 			}
 		}},
 		{name: "unknown config kind", run: func(t *testing.T, h *harness) {
-			for _, k := range []ConfigKind{0, 8, 255} {
+			for _, k := range []ConfigKind{0, numConfigKinds, 255} {
 				out := h.handle(configEvent(k, 0))
 				wantKinds(t, out, OutMetric)
 				if out[0].Metric != MetricInvalidInput {
@@ -1744,11 +1744,15 @@ func TestNames(t *testing.T) {
 		{"drop reason last", DropFlowClosed, "flow_closed"},
 		{"drop reason unknown", DropReason(NumDropReasons), fmt.Sprintf("drop(%d)", NumDropReasons)},
 		{"close reason", CloseShutdown, "shutdown"},
+		{"close reason backend down", CloseBackendDown, "backend_down"},
+		{"close reason unknown last", CloseReason(NumCloseReasons), fmt.Sprintf("close(%d)", NumCloseReasons)},
 		{"close reason unknown", CloseReason(0), "close(0)"},
 		{"metric", MetricRequestsReached, "requests_reached"},
 		{"metric unknown", MetricKind(77), "metric(77)"},
 		{"config kind", ConfigCloseAll, "close-all"},
-		{"config kind unknown", ConfigKind(9), "config(9)"},
+		{"config kind", ConfigBackendDown, "backend-down"},
+		{"config kind last", ConfigBackendUp, "backend-up"},
+		{"config kind unknown", numConfigKinds, fmt.Sprintf("config(%d)", numConfigKinds)},
 		{"affinity", AffinityIPPort, "ip-port"},
 		{"affinity unknown", Affinity(5), "affinity(5)"},
 		{"proxy mode", ProxyFirst, "first"},

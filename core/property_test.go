@@ -3,6 +3,7 @@ package core
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"testing"
@@ -36,14 +37,16 @@ const (
 	simDrain
 	simUndrain
 	simCloseAll
-	simFlush // end the batch
-	simJunk  // an input no shell sends
+	simFlush       // end the batch
+	simJunk        // an input no shell sends
+	simBackendDown // mark a backend down (its own batch)
+	simBackendUp   // mark it up again
 	numSimOps
 )
 
 var simOpNames = [...]string{"client", "backend", "resolve", "resolve-fail", "abort", "stale-backend", "stale-resolve",
 	"stale-abort", "timer", "advance", "set-cluster", "remove-cluster", "max-flows", "max-rx", "drain", "undrain",
-	"close-all", "flush", "junk"}
+	"close-all", "flush", "junk", "backend-down", "backend-up"}
 
 func (k simOpKind) String() string { return simOpNames[k] }
 
@@ -53,7 +56,7 @@ var simOpTable = func() []simOpKind {
 		simClient: 16, simBackend: 10, simResolve: 12, simResolveFail: 2, simAbort: 2,
 		simStaleBackend: 2, simStaleResolve: 1, simStaleAbort: 1, simTimer: 5, simAdvance: 6,
 		simSetCluster: 3, simRemoveCluster: 1, simMaxFlows: 2, simMaxRx: 1, simDrain: 1,
-		simUndrain: 3, simCloseAll: 1, simFlush: 6, simJunk: 1,
+		simUndrain: 3, simCloseAll: 1, simFlush: 6, simJunk: 1, simBackendDown: 3, simBackendUp: 2,
 	}
 	var t []simOpKind
 	for k := simOpKind(0); k < numSimOps; k++ {
@@ -95,6 +98,9 @@ var (
 	simMaxRxV   = []int{4096, 300, MaxDatagramSize, 4096, 64, 16, 8, 1, -1, 1 << 20}
 	simTimeouts = []time.Duration{0, time.Second, 3 * time.Second, 10 * time.Second}
 	simLifes    = []time.Duration{0, 2 * time.Second, 20 * time.Second}
+	// Backends marked down or up: mostly those flows use (simBackends), some
+	// never used, and ids the manager must refuse.
+	simDownIDs = []BackendID{1, 2, 3, 1, 2, 3, 0, 4, MaxDownBackendID - 1, MaxDownBackendID, math.MaxUint32}
 )
 
 const simListeners = 3 // listeners 0..2 may have clusters; 3 never does
@@ -129,6 +135,8 @@ type simFlow struct {
 	selected    bool
 	cfg         ClusterConfig // captured at admission, normalized
 	established bool
+	openedIn    int       // the batch that opened it
+	backend     BackendID // set by its open
 	ppSent      bool
 	lastIn      uint64 // last client sequence number forwarded
 	lastOut     uint64 // last backend sequence number returned
@@ -157,6 +165,8 @@ type sim struct {
 	clientSeq map[uint64]simKey
 	backSeq   map[uint64]FlowID
 	drops     [NumDropReasons]uint64
+	down      map[BackendID]bool // backends marked down
+	batchNo   int                // batches flushed so far
 	dgIn      uint64
 	dgOut     uint64
 
@@ -168,7 +178,8 @@ type sim struct {
 func newSim(tb failer, c simConfig, record bool) *sim {
 	tb.Helper()
 	s := &sim{tb: tb, cfg: c, pool: newTestPool(c.PoolLimit), armed: Never, flows: map[FlowID]*simFlow{},
-		expired: map[FlowID]bool{}, clientSeq: map[uint64]simKey{}, backSeq: map[uint64]FlowID{}, record: record}
+		expired: map[FlowID]bool{}, clientSeq: map[uint64]simKey{}, backSeq: map[uint64]FlowID{}, down: map[BackendID]bool{},
+		record: record}
 	m, err := NewManager(Config{Seed: c.Seed, MaxFlows: c.MaxFlows, PendingLimit: c.PendingLimit, ExpiryBudget: c.ExpiryBudget, Pool: s.pool})
 	if err != nil {
 		tb.Fatalf("NewManager(%v): %v", c, err)
@@ -180,7 +191,7 @@ func newSim(tb failer, c simConfig, record bool) *sim {
 		Responses: 1, Requests: 2, FrontTimeout: 5 * time.Second, BackTimeout: 2 * time.Second, ProxyProtocol: ProxyFirst}})
 	s.config(ConfigEvent{Kind: ConfigSetCluster, Listener: 2, Cluster: ClusterConfig{Cluster: 3, Responses: 3,
 		FrontTimeout: 3 * time.Second, BackTimeout: 10 * time.Second, Lifetime: 20 * time.Second, ProxyProtocol: ProxyEvery,
-		PublicAddr: simPublic[1]}})
+		PublicAddr: simPublic[1], CloseOnBackendDown: true}})
 	return s
 }
 
@@ -260,6 +271,14 @@ func (s *sim) apply(op simOp) {
 			src = simBadSrc[op.B%len(simBadSrc)]
 		}
 		dst := simLocals[op.C%len(simLocals)]
+		if op.Variant%4 == 2 {
+			// Often the key of a live (established) flow, so datagrams
+			// find flows, backend-down closes among them.
+			if id, ok := s.pickLive(op.B, 1); ok && s.flows[id].selected {
+				k := s.flows[id].key
+				l, src, dst = k.listener, k.src, k.dst
+			}
+		}
 		valid := refValidClient(src)
 		p, seg := s.payload(op, func(seq uint64) {
 			if valid {
@@ -322,6 +341,10 @@ func (s *sim) apply(op simOp) {
 		s.config(ConfigEvent{Kind: ConfigUndrain})
 	case simCloseAll:
 		s.config(ConfigEvent{Kind: ConfigCloseAll})
+	case simBackendDown:
+		s.config(ConfigEvent{Kind: ConfigBackendDown, Backend: simDownIDs[op.Value%len(simDownIDs)]})
+	case simBackendUp:
+		s.config(ConfigEvent{Kind: ConfigBackendUp, Backend: simDownIDs[op.Value%len(simDownIDs)]})
 	case simFlush:
 		s.flush()
 	case simJunk:
@@ -331,7 +354,7 @@ func (s *sim) apply(op simOp) {
 		case 1:
 			s.batch = append(s.batch, Input{Kind: InConfig})
 		case 2:
-			s.batch = append(s.batch, ConfigInput(ConfigEvent{Kind: ConfigKind(8 + op.B%200)}))
+			s.batch = append(s.batch, ConfigInput(ConfigEvent{Kind: numConfigKinds + ConfigKind(op.B%200)}))
 		default:
 			s.batch = append(s.batch, Input{Kind: InBackendResolved, Flow: FlowID(op.C) << 32})
 		}
@@ -346,6 +369,15 @@ func (s *sim) apply(op simOp) {
 func (s *sim) config(ev ConfigEvent) {
 	s.tb.Helper()
 	s.flush()
+	// The down set is checked after the event's own batch.
+	switch ev.Kind {
+	case ConfigBackendDown:
+		if ev.Backend < MaxDownBackendID {
+			s.down[ev.Backend] = true
+		}
+	case ConfigBackendUp:
+		delete(s.down, ev.Backend)
+	}
 	s.batch = append(s.batch, ConfigInput(ev))
 	s.flush()
 	switch ev.Kind {
@@ -377,6 +409,7 @@ func (s *sim) flush() {
 			s.expired[id] = true
 		}
 	}
+	s.batchNo++
 	out := s.m.Handle(s.now, in, nil)
 	s.check(in, out)
 }
@@ -456,13 +489,19 @@ func (s *sim) check(in []Input, out []Output) {
 			if f == nil || f.established {
 				s.fail(in, out, "output %d: open for a flow not waiting", i)
 			}
-			f.established = true
+			f.established, f.openedIn, f.backend = true, s.batchNo, o.Backend.ID
 			if !o.Backend.Addr.IsValid() || o.Client != f.key.src || o.Local != f.key.dst {
 				s.fail(in, out, "output %d: bad open", i)
 			}
 		case OutSendToBackend:
 			if f == nil || !f.established {
 				s.fail(in, out, "output %d: send to backend for a flow not established", i)
+			}
+			if f.openedIn < s.batchNo && f.cfg.CloseOnBackendDown && s.down[f.backend] {
+				// Established before the batch, so no held datagram of it
+				// is left: this is a client datagram that should have
+				// closed the flow.
+				s.fail(in, out, "output %d: flow %v forwards to backend %d, which is down", i, f.id, f.backend)
 			}
 			s.checkSendToBackend(in, out, i, f)
 		case OutSendToClient:
@@ -501,6 +540,13 @@ func (s *sim) check(in []Input, out []Output) {
 			}
 			if o.CloseReason == 0 || int(o.CloseReason) >= NumCloseReasons {
 				s.fail(in, out, "output %d: close reason %d", i, o.CloseReason)
+			}
+			if o.CloseReason == CloseBackendDown && !s.closesOnDown(in, f) {
+				s.fail(in, out, "output %d: flow %v closed as backend down (established %v, backend %d down %v, policy close %v)",
+					i, f.id, f.established, f.backend, s.down[f.backend], f.cfg.CloseOnBackendDown)
+			}
+			if o.Backend.ID != f.backend {
+				s.fail(in, out, "output %d: close names backend %d, flow has %d", i, o.Backend.ID, f.backend)
 			}
 			delete(s.flows, o.Flow)
 			s.order = slices.DeleteFunc(s.order, func(id FlowID) bool { return id == o.Flow })
@@ -547,7 +593,24 @@ func (s *sim) check(in []Input, out []Output) {
 		s.fail(in, out, "armed %d with %d flows", s.armed, len(s.flows))
 	case s.m.NextDeadline() != s.armed:
 		s.fail(in, out, "next deadline %d, last armed %d", s.m.NextDeadline(), s.armed)
+	case s.m.BackendsDown() != len(s.down):
+		s.fail(in, out, "%d backends down, model %d", s.m.BackendsDown(), len(s.down))
 	}
+}
+
+// closesOnDown reports whether f may close as CloseBackendDown in the batch in:
+// it is established on a backend marked down, its contract says close, and a
+// client datagram of its key is in the batch.
+func (s *sim) closesOnDown(in []Input, f *simFlow) bool {
+	if !f.established || !f.cfg.CloseOnBackendDown || !s.down[f.backend] {
+		return false
+	}
+	for i := range in {
+		if x := &in[i]; x.Kind == InClientDatagram && (simKey{x.Listener, x.Src, x.Dst}) == f.key {
+			return true
+		}
+	}
+	return false
 }
 
 // checkSegments walks the segments of out[i]'s payload, each of which must be
@@ -674,7 +737,7 @@ func drawSimOp(t *rapid.T) simOp {
 	case simSetCluster:
 		op.A = sel.Draw(t, "a")
 		op.Cluster = drawCluster(t)
-	case simMaxFlows, simMaxRx:
+	case simMaxFlows, simMaxRx, simBackendDown, simBackendUp:
 		op.Value = rapid.IntRange(0, 63).Draw(t, "value")
 	}
 	return op
@@ -699,9 +762,11 @@ func clusterFrom(next func() int) ClusterConfig {
 		ProxyProtocol: ProxyMode(next() % 3),
 		PublicAddr:    simPublic[next()%len(simPublic)],
 	}
-	if v := next(); v%16 == 15 {
+	v := next()
+	if v%16 == 15 {
 		c.Affinity, c.ProxyProtocol, c.FrontTimeout = Affinity(v), ProxyMode(v), -time.Second
 	}
+	c.CloseOnBackendDown = v%2 == 1
 	return c
 }
 
@@ -784,6 +849,12 @@ func TestSimLongRun(t *testing.T) {
 				s.apply(op)
 			}
 			s.finish()
+			// The walk reaches the rarer paths, backend-down closes included.
+			st := s.m.Stats()
+			t.Logf("closes %v, drops %v", st.Closes, st.Drops)
+			if st.Closes[CloseBackendDown] == 0 {
+				t.Error("no flow closed as backend down")
+			}
 		})
 	}
 }

@@ -298,10 +298,14 @@ const (
 	CloseAborted
 	// CloseShutdown: a close-all config event.
 	CloseShutdown
+	// CloseBackendDown: a client datagram found its flow pinned to a backend
+	// marked down, under [ClusterConfig.CloseOnBackendDown]; the datagram
+	// starts a new flow.
+	CloseBackendDown
 	numCloseReasons
 )
 
-var closeReasonNames = [...]string{"", "idle", "lifetime", "responses", "no_backend", "aborted", "shutdown"}
+var closeReasonNames = [...]string{"", "idle", "lifetime", "responses", "no_backend", "aborted", "shutdown", "backend_down"}
 
 // NumCloseReasons bounds the close reasons, for arrays indexed by them.
 const NumCloseReasons = int(numCloseReasons)
@@ -329,7 +333,8 @@ const (
 	// stays open for replies only.
 	MetricRequestsReached
 	// MetricInvalidInput: an input the core does not understand (an unknown
-	// kind, a config input without an event); it was ignored.
+	// kind, a config input without an event, a backend id beyond
+	// [MaxDownBackendID]); it was ignored.
 	MetricInvalidInput
 	numMetricKinds
 )

@@ -321,6 +321,20 @@ func parseInput(toks []string) (core.Input, error) {
 			kind = core.ConfigSetMaxRxDatagramSize
 		}
 		in = core.ConfigInput(core.ConfigEvent{Kind: kind, Value: int(v)})
+	case "backend-down", "backend-up":
+		if len(a.bare) != 1 {
+			return in, fmt.Errorf("%s wants one backend id, e.g. %s 1", verb, verb)
+		}
+		v, err := strconv.ParseUint(a.bare[0], 0, 32)
+		if err != nil {
+			return in, fmt.Errorf("%s %q: want an unsigned 32-bit backend id", verb, a.bare[0])
+		}
+		a.bare = nil
+		kind := core.ConfigBackendDown
+		if verb == "backend-up" {
+			kind = core.ConfigBackendUp
+		}
+		in = core.ConfigInput(core.ConfigEvent{Kind: kind, Backend: core.BackendID(v)})
 	case "drain":
 		in = core.ConfigInput(core.ConfigEvent{Kind: core.ConfigDrain})
 	case "undrain":
@@ -539,6 +553,15 @@ func (a *args) cluster(ev *core.ConfigEvent) error {
 	}
 	if c.PublicAddr, err = a.addrPort("public", false); err != nil {
 		return err
+	}
+	if v, ok := a.take("down_flows"); ok {
+		switch v {
+		case "continue":
+		case "close":
+			c.CloseOnBackendDown = true
+		default:
+			return fmt.Errorf("down_flows=%s: want continue or close", v)
+		}
 	}
 	return nil
 }

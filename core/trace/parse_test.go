@@ -89,6 +89,25 @@ invalid
 	}
 }
 
+func TestParseBackendDown(t *testing.T) {
+	tr, err := Parse([]byte("cluster down_flows=close\ncluster listener=1 down_flows=continue\nbackend-down 3\nbackend-up 0x10\nbackend-down 4294967295\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := tr.Steps[0].Inputs[0].In.Config.Cluster; !c.CloseOnBackendDown {
+		t.Fatalf("down_flows=close: %+v", c)
+	}
+	if c := tr.Steps[1].Inputs[0].In.Config.Cluster; c.CloseOnBackendDown {
+		t.Fatalf("down_flows=continue: %+v", c)
+	}
+	for i, want := range []core.ConfigEvent{{Kind: core.ConfigBackendDown, Backend: 3}, {Kind: core.ConfigBackendUp, Backend: 16},
+		{Kind: core.ConfigBackendDown, Backend: 1<<32 - 1}} {
+		if ev := tr.Steps[2+i].Inputs[0].In.Config; ev.Kind != want.Kind || ev.Backend != want.Backend {
+			t.Fatalf("step %d: %+v, want %+v", 2+i, ev, want)
+		}
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		src  string
@@ -117,6 +136,12 @@ func TestParseErrors(t *testing.T) {
 		{"cluster front=5", 1, "front="},
 		{"max-flows", 1, "one number"},
 		{"max-flows x", 1, "not a number"},
+		{"backend-down", 1, "one backend id"},
+		{"backend-up 1 2", 1, "one backend id"},
+		{"backend-down -1", 1, "32-bit backend id"},
+		{"backend-down 4294967296", 1, "32-bit backend id"},
+		{"backend-up backend=1", 1, "one backend id"},
+		{"cluster down_flows=drop", 1, "down_flows="},
 		{"at", 1, "wants a time"},
 		{"at 2s\nat 1s", 2, "before"},
 		{"+-1s", 1, "negative"},

@@ -228,8 +228,18 @@ func (r *runner) live(id core.FlowID) error {
 func (r *runner) show(t core.Time) {
 	m := r.m
 	r.prefix(t, "=")
-	fmt.Fprintf(&r.buf, "flows=%d max_flows=%d max_rx=%d draining=%v armed=%s pool_lent=%d\n",
+	fmt.Fprintf(&r.buf, "flows=%d max_flows=%d max_rx=%d draining=%v armed=%s pool_lent=%d",
 		m.FlowCount(), m.MaxFlows(), m.MaxRxDatagramSize(), m.Draining(), fmtTime(m.NextDeadline()), r.pool.lent())
+	if m.BackendsDown() > 0 {
+		// Only when some backend is down, so older transcripts read as before.
+		sep := " down="
+		m.DownBackends(func(id core.BackendID) bool {
+			fmt.Fprintf(&r.buf, "%s%d", sep, id)
+			sep = ","
+			return true
+		})
+	}
+	r.buf.WriteByte('\n')
 	m.Flows(func(f core.FlowInfo) bool {
 		state, att := "awaiting", "attached"
 		if f.Established {
