@@ -71,7 +71,7 @@ func demoCommand(args []string, stdout, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, err := startProxy(ctx, cfg, log)
+	p, err := startProxy(ctx, cfg, "", log)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@
 //	fastudp run --listen ADDR --backend ADDR [--backend ADDR ...] [flags]
 //	fastudp demo [--duration D]
 //	fastudp bench [SCENARIO...] [--targets fastudp,floor,nginx,...] [--duration D] [--runs N] [--out DIR]
+//	fastudp ctl [--control PATH] COMMAND ...
 //	fastudp version
 //
 // It needs Linux (epoll, recvmmsg, IP_PKTINFO); any 5.x or 6.x kernel will do.
@@ -39,6 +40,7 @@ Usage:
   fastudp run --listen ADDR --backend ADDR ...    run without a file (quick start)
   fastudp demo [--duration D]                     run a self-contained demo on loopback
   fastudp bench [SCENARIO...] [--targets T,...]   benchmark fastudp against its peers (bench -h)
+  fastudp ctl [--control PATH] COMMAND ...        talk to a running fastudp (ctl -h)
   fastudp version                                 print the version
 
 Run "fastudp run -h" for every flag; docs/configuration.md describes the file.

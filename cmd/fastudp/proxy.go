@@ -23,6 +23,7 @@ import (
 	"github.com/fastudp/fastudp/batchio/shard"
 	"github.com/fastudp/fastudp/bpf"
 	"github.com/fastudp/fastudp/config"
+	"github.com/fastudp/fastudp/control"
 	"github.com/fastudp/fastudp/health"
 )
 
@@ -43,18 +44,23 @@ type proxy struct {
 	// reloadMu serialises reloads and control-API changes of p.cfg.
 	cfgPath  string
 	reloadMu sync.Mutex
+	control  *control.Server
 	// stopBackground stops the health monitor and the passive reports.
 	stopBackground context.CancelFunc
 }
 
-// startProxy binds every listener on every shard and starts them. The config
+// startProxy binds every listener on every shard and starts them; path is
+// the config file reload reads ("" for quick-start flags). The config
 // must have passed Validate.
-func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*proxy, error) {
-	p := &proxy{cfg: cfg, log: log}
+func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.Logger) (*proxy, error) {
+	p := &proxy{cfg: cfg, log: log, cfgPath: path}
 	p.health = health.NewMonitor(health.Options{Logger: log.With("component", "health")})
 	// fail undoes what was started before an error.
 	fail := func(err error) (*proxy, error) {
 		_ = stopDNSTCP(context.Background(), p.dnsTCP)
+		if p.control != nil {
+			_ = p.control.Close()
+		}
 		if p.metrics != nil {
 			_ = p.metrics.Close()
 		}
@@ -164,6 +170,19 @@ func startProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (*pro
 		return fail(fmt.Errorf("health: %w", err))
 	}
 	go picker.reportPassive(bg, g.Shards())
+	if cfg.Control != "" {
+		srv, err := control.Listen(cfg.Control, &proxyController{p: p, started: time.Now()}, log.With("component", "control"))
+		if err != nil {
+			return fail(fmt.Errorf("control socket: %w", err))
+		}
+		p.control = srv
+		go func() {
+			if err := srv.Serve(); err != nil {
+				log.Error("control API stopped", "err", err)
+			}
+		}()
+		log.Info("control API", "socket", cfg.Control)
+	}
 	g.Start(ctx)
 	for i, a := range g.Addrs() {
 		log.Info("listening", "listener", cfg.Listeners[i].Name, "address", a, "cluster", cfg.Listeners[i].Cluster, "shards", shards)
@@ -227,6 +246,9 @@ func (p *proxy) addrs() []netip.AddrPort { return p.group.Addrs() }
 
 // stop drains the shards within grace, waits for them and closes the rest.
 func (p *proxy) stop(grace time.Duration) error {
+	if p.control != nil {
+		_ = p.control.Close()
+	}
 	p.group.Stop(grace)
 	tcpCtx, cancelTCP := context.WithTimeout(context.Background(), grace)
 	tcpErr := stopDNSTCP(tcpCtx, p.dnsTCP)

@@ -180,27 +180,9 @@ func TestReloadUnderLoad(t *testing.T) {
 	waitEcho(t, front, stderr)
 	flows, stop := startSteadyFlows(t, front, 30, 20*time.Millisecond)
 	time.Sleep(time.Second)
-	// New flows' backends, sampled with fresh sockets.
 	sample := func(n int) map[string]int {
 		t.Helper()
-		got := map[string]int{}
-		for range n {
-			c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(front))
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, _ = c.Write([]byte("new"))
-			buf := make([]byte, 100)
-			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			k, err := c.Read(buf)
-			c.Close()
-			if err != nil {
-				t.Fatalf("new flow: %v", err)
-			}
-			name, _, _ := strings.Cut(string(buf[:k]), ":")
-			got[name]++
-		}
-		return got
+		return sampleNewFlows(t, front, n)
 	}
 	hup := func(want string) {
 		t.Helper()
@@ -263,4 +245,30 @@ func waitEcho(t *testing.T, front netip.AddrPort, stderr fmt.Stringer) {
 		}
 	}
 	t.Fatalf("the proxy at %v does not answer:\n%s", front, stderr)
+}
+
+// sampleNewFlows opens n new flows (fresh sockets) through front and counts
+// which backend answered each. The sockets stay open until the test ends:
+// a closed one's port could be reused by the next, whose datagram would then
+// join the old flow (still live in the proxy) instead of opening a new one.
+func sampleNewFlows(t *testing.T, front netip.AddrPort, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(front))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_, _ = c.Write([]byte("new"))
+		buf := make([]byte, 100)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		k, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("new flow: %v", err)
+		}
+		name, _, _ := strings.Cut(string(buf[:k]), ":")
+		got[name]++
+	}
+	return got
 }

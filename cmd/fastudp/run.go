@@ -81,11 +81,10 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	hups := make(chan os.Signal, 1)
 	signal.Notify(hups, syscall.SIGHUP)
 	defer signal.Stop(hups)
-	p, err := startProxy(ctx, cfg, log)
+	p, err := startProxy(ctx, cfg, path, log)
 	if err != nil {
 		return err
 	}
-	p.cfgPath = path
 	var sig os.Signal
 	for sig == nil {
 		select {
