@@ -160,7 +160,7 @@ type Cluster struct {
 	// DownFlows is what happens to live flows whose backend goes down.
 	DownFlows DownFlows
 	Health    Health
-	Backends []Backend
+	Backends  []Backend
 }
 
 // Backend is one [[cluster.backend]] table.

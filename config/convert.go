@@ -48,6 +48,8 @@ func (cl *Cluster) CoreConfig(id core.ClusterID) core.ClusterConfig {
 		BackTimeout:   cl.BackTimeout,
 		Lifetime:      cl.Lifetime,
 		ProxyProtocol: cl.ProxyProtocol,
+		// Flows of DNS mode are queries; the policy is for flows.
+		CloseOnBackendDown: cl.DownFlows == DownFlowsClose,
 	}
 }
 

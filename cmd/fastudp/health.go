@@ -86,3 +86,44 @@ func (p *clusterPicker) reportPassive(ctx context.Context, shards []*shard.Shard
 		}
 	}
 }
+
+// watchHealth tells every shard which backends the health checks hold down
+// (ConfigBackendDown / ConfigBackendUp), so that flows of clusters with
+// down_flows = "close" move at their client's next datagram. Draining is not
+// down: a draining backend keeps its flows.
+func (p *proxy) watchHealth(ctx context.Context, changed <-chan struct{}) {
+	down := map[core.BackendID]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+		now := map[core.BackendID]bool{}
+		for _, cs := range p.health.Snapshot() {
+			ci, err := p.picker.clusterIndex(cs.Name)
+			if err != nil {
+				continue
+			}
+			for _, b := range cs.Backends {
+				if b.Healthy {
+					continue
+				}
+				if id, ok := p.picker.idOf(ci, b.Addr); ok {
+					now[id] = true
+				}
+			}
+		}
+		for id := range now {
+			if !down[id] {
+				p.group.Broadcast(core.ConfigEvent{Kind: core.ConfigBackendDown, Backend: id})
+			}
+		}
+		for id := range down {
+			if !now[id] {
+				p.group.Broadcast(core.ConfigEvent{Kind: core.ConfigBackendUp, Backend: id})
+			}
+		}
+		down = now
+	}
+}

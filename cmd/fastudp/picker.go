@@ -331,3 +331,11 @@ func (p *clusterPicker) replaceHealth(ci int, cl *config.Cluster) error {
 	}
 	return p.addHealth(ci, cl)
 }
+
+// idOf returns the BackendID of the live backend addr of cluster ci.
+func (p *clusterPicker) idOf(ci int, addr netip.AddrPort) (core.BackendID, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id := p.findLocked(ci, addr)
+	return core.BackendID(id), id >= 0
+}

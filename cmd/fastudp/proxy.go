@@ -54,7 +54,17 @@ type proxy struct {
 // must have passed Validate.
 func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.Logger) (*proxy, error) {
 	p := &proxy{cfg: cfg, log: log, cfgPath: path}
-	p.health = health.NewMonitor(health.Options{Logger: log.With("component", "health")})
+	healthChanged := make(chan struct{}, 1)
+	p.health = health.NewMonitor(health.Options{
+		Logger: log.With("component", "health"),
+		// Called with a cluster's lock held: only a non-blocking nudge.
+		OnChange: func(*health.Cluster, *health.View) {
+			select {
+			case healthChanged <- struct{}{}:
+			default:
+			}
+		},
+	})
 	// fail undoes what was started before an error.
 	fail := func(err error) (*proxy, error) {
 		_ = stopDNSTCP(context.Background(), p.dnsTCP)
@@ -170,6 +180,7 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		return fail(fmt.Errorf("health: %w", err))
 	}
 	go picker.reportPassive(bg, g.Shards())
+	go p.watchHealth(bg, healthChanged)
 	if cfg.Control != "" {
 		srv, err := control.Listen(cfg.Control, &proxyController{p: p, started: time.Now()}, log.With("component", "control"))
 		if err != nil {
