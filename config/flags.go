@@ -56,7 +56,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Requests, "requests", "", "detach a flow from its client after `N` client datagrams (default 0: unlimited)")
 	fs.StringVar(&f.IdleTimeout, "idle-timeout", "", "close a flow idle for `DURATION` (default 30s)")
 	fs.StringVar(&f.MaxFlows, "max-flows", "", "cap live flows in the process at `N` (default 65536)")
-	fs.StringVar(&f.Affinity, "affinity", "", "backend affinity `MODE`: ip or ip-port (default ip)")
+	fs.StringVar(&f.Affinity, "affinity", "", "backend affinity `MODE`: ip, ip-port or datagram (per-datagram balancing) (default ip)")
 	fs.StringVar(&f.ProxyProtocol, "proxy-protocol", "", "send PROXY v2 headers: `MODE` off, first or every (default off)")
 	fs.StringVar(&f.Shards, "shards", "", "run `N` shards (default 0: GOMAXPROCS)")
 	fs.StringVar(&f.Seed, "seed", "", "affinity hash seed `N`, decimal or 0x hex (default 0x66617374756470)")

@@ -85,7 +85,7 @@ func TestFlagErrors(t *testing.T) {
 		{"idle-timeout", append(ok, "--idle-timeout", "30x"), `--idle-timeout: "30x" is not a duration`},
 		{"idle-timeout-zero", append(ok, "--idle-timeout", "0s"), `--idle-timeout: 0s: must be greater than 0`},
 		{"max-flows", append(ok, "--max-flows", "0"), `--max-flows: 0 is outside 1..268435456`},
-		{"affinity", append(ok, "--affinity", "port"), `--affinity: "port" is not valid, want ip or ip-port`},
+		{"affinity", append(ok, "--affinity", "port"), `--affinity: "port" is not valid, want ip, ip-port or datagram`},
 		{"proxy", append(ok, "--proxy-protocol", "v2"), `--proxy-protocol: "v2" is not valid, want off, first or every`},
 		{"shards", append(ok, "--shards", "-2"), `--shards: -2 is outside 0..1024`},
 		{"seed", append(ok, "--seed", "-2"), `--seed: "-2" is not a 64-bit unsigned integer`},

@@ -166,8 +166,8 @@ func (v *validator) cluster(c *Config, i int) {
 	if cl.LB > LBHRW {
 		v.fail(joinPath(path, "lb"), item, "lb", "%v is not valid, want maglev or hrw", cl.LB)
 	}
-	if cl.Affinity > core.AffinityIPPort {
-		v.fail(joinPath(path, "affinity"), item, "affinity", "%v is not valid, want ip or ip-port", cl.Affinity)
+	if cl.Affinity > core.AffinityDatagram {
+		v.fail(joinPath(path, "affinity"), item, "affinity", "%v is not valid, want ip, ip-port or datagram", cl.Affinity)
 	}
 	if cl.ProxyProtocol > core.ProxyEvery {
 		v.fail(joinPath(path, "proxy_protocol"), item, "proxy_protocol", "%v is not valid, want off, first or every", cl.ProxyProtocol)

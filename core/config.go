@@ -18,6 +18,13 @@ const (
 	AffinityIP Affinity = iota
 	// AffinityIPPort hashes the client IP and port.
 	AffinityIPPort
+	// AffinityDatagram is per-datagram load balancing (Envoy's per-packet
+	// mode) for stateless protocols: every client datagram is admitted as
+	// a flow of its own (the contract's Requests is taken as 1: the flow is
+	// detached after its datagram and waits only for replies), and its
+	// SelectBackend key mixes the ip-port key with a per-manager counter,
+	// so consecutive datagrams of one client spread over the backends.
+	AffinityDatagram
 )
 
 func (a Affinity) String() string {
@@ -26,19 +33,23 @@ func (a Affinity) String() string {
 		return "ip"
 	case AffinityIPPort:
 		return "ip-port"
+	case AffinityDatagram:
+		return "datagram"
 	}
 	return fmt.Sprintf("affinity(%d)", uint8(a))
 }
 
-// ParseAffinity parses "ip" or "ip-port".
+// ParseAffinity parses "ip", "ip-port" or "datagram".
 func ParseAffinity(s string) (Affinity, error) {
 	switch s {
 	case "ip":
 		return AffinityIP, nil
 	case "ip-port":
 		return AffinityIPPort, nil
+	case "datagram":
+		return AffinityDatagram, nil
 	}
-	return 0, fmt.Errorf("affinity %q: want ip or ip-port", s)
+	return 0, fmt.Errorf("affinity %q: want ip, ip-port or datagram", s)
 }
 
 // ProxyMode chooses when a PROXY protocol v2 header precedes upstream datagrams.
@@ -125,7 +136,7 @@ type ClusterConfig struct {
 // Validate reports the first invalid field of c.
 func (c *ClusterConfig) Validate() error {
 	switch {
-	case c.Affinity > AffinityIPPort:
+	case c.Affinity > AffinityDatagram:
 		return fmt.Errorf("affinity %d: unknown mode", c.Affinity)
 	case c.ProxyProtocol > ProxyEvery:
 		return fmt.Errorf("proxy protocol %d: unknown mode", c.ProxyProtocol)
@@ -151,8 +162,11 @@ func (c ClusterConfig) normalized() ClusterConfig {
 	if c.Lifetime < 0 {
 		c.Lifetime = 0
 	}
-	if c.Affinity > AffinityIPPort {
+	if c.Affinity > AffinityDatagram {
 		c.Affinity = AffinityIP
+	}
+	if c.Affinity == AffinityDatagram {
+		c.Requests = 1 // every datagram a flow of its own
 	}
 	if c.ProxyProtocol > ProxyEvery {
 		c.ProxyProtocol = ProxyOff

@@ -28,7 +28,8 @@ const (
 )
 
 // AffinityHash returns the affinity key of client under mode with seed, as
-// documented above. It allocates nothing.
+// documented above. It allocates nothing. [AffinityDatagram] gives the
+// ip-port key here; the manager varies it per admitted flow.
 func AffinityHash(seed uint64, client netip.AddrPort, mode Affinity) uint64 {
 	return affinityFrom(fnvSeeded(seed), client, mode)
 }
@@ -59,7 +60,7 @@ func affinityFrom(h uint64, client netip.AddrPort, mode Affinity) uint64 {
 			h *= fnvPrime64
 		}
 	}
-	if mode == AffinityIPPort {
+	if mode == AffinityIPPort || mode == AffinityDatagram {
 		p := client.Port()
 		h ^= uint64(p >> 8)
 		h *= fnvPrime64

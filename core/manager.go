@@ -91,6 +91,7 @@ type Manager struct {
 	draining     bool
 
 	affinityBase uint64 // FNV-1a state after the seed bytes
+	datagramSeq  uint64 // admissions under AffinityDatagram, mixed into their keys
 	secrets      tableSecrets
 
 	flows    flowSlab
@@ -409,6 +410,10 @@ func (m *Manager) admit(now Time, h uint64, k *flowKey, ver int32) uint32 {
 	o = m.slot()
 	o.Kind, o.Flow, o.Listener, o.Cluster = OutSelectBackend, id, k.listener, cfg.Cluster
 	o.Key = affinityFrom(m.affinityBase, client, cfg.Affinity)
+	if cfg.Affinity == AffinityDatagram {
+		m.datagramSeq++
+		o.Key = splitmix64(o.Key ^ m.datagramSeq*0x9e3779b97f4a7c15)
+	}
 	o.Client, o.Local = client, k.local.addrPort()
 	return idx
 }

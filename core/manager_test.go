@@ -1792,7 +1792,7 @@ func TestClusterConfigValidate(t *testing.T) {
 	}{
 		{"zero", ClusterConfig{}, true},
 		{"full", ClusterConfig{Affinity: AffinityIPPort, ProxyProtocol: ProxyEvery, Responses: 1, Requests: 1, FrontTimeout: 1, BackTimeout: 1, Lifetime: 1}, true},
-		{"bad affinity", ClusterConfig{Affinity: 2}, false},
+		{"bad affinity", ClusterConfig{Affinity: AffinityDatagram + 1}, false},
 		{"bad proxy mode", ClusterConfig{ProxyProtocol: 3}, false},
 		{"negative front", ClusterConfig{FrontTimeout: -1}, false},
 		{"negative back", ClusterConfig{BackTimeout: -1}, false},

@@ -55,6 +55,7 @@ type dnsState struct {
 	backends []dnsBackend // by BackendID
 	dirty    []int32      // sockets with queries waiting in out
 	seed     uint64       // question hash key, secret per shard
+	seq      uint64       // queries under AffinityDatagram, mixed into their keys
 	deadline core.Time    // when the next outstanding query may expire
 	// inUse[backend*MaxDNSSockets+index] is the published count of IDs in
 	// use on that socket plus one, for the metrics; 0 when the socket is
@@ -182,7 +183,12 @@ func (s *Shard) dnsQuery(li int, client netip.AddrPort, local netip.Addr, msg []
 		return
 	}
 	lst := &s.opts.Listeners[li]
-	b, ok := s.opts.Picker.Pick(lst.Cluster.Cluster, core.AffinityHash(s.opts.Core.Seed, client, lst.Cluster.Affinity))
+	key := core.AffinityHash(s.opts.Core.Seed, client, lst.Cluster.Affinity)
+	if lst.Cluster.Affinity == core.AffinityDatagram {
+		s.dns.seq++
+		key = core.Mix64(key ^ s.dns.seq*0x9e3779b97f4a7c15)
+	}
+	b, ok := s.opts.Picker.Pick(lst.Cluster.Cluster, key)
 	if !ok {
 		s.counters.addListener(lid, ListenerDNSNoBackend, 1)
 		return

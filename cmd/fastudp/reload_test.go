@@ -272,3 +272,24 @@ func sampleNewFlows(t *testing.T, front netip.AddrPort, n int) map[string]int {
 	}
 	return got
 }
+
+// TestAffinityDatagram: with affinity = "datagram" one client socket's
+// datagrams spread over the backends, and every one is answered.
+func TestAffinityDatagram(t *testing.T) {
+	backends := map[string]netip.AddrPort{"a": namedEcho(t, "a"), "b": namedEcho(t, "b")}
+	front := netip.MustParseAddrPort(freeUDPPort(t))
+	file := filepath.Join(t.TempDir(), "fastudp.toml")
+	conf := strings.Replace(reloadConfig(front, backends, nil, []string{"a", "b"}), `affinity = "ip-port"`, `affinity = "datagram"`, 1)
+	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr := startFromFile(t, file)
+	waitEcho(t, front, stderr)
+	flows, stop := startSteadyFlows(t, front, 1, 10*time.Millisecond)
+	time.Sleep(time.Second)
+	stop()
+	f := flows[0]
+	if f.answered != f.sent || f.backends["a"] == 0 || f.backends["b"] == 0 {
+		t.Fatalf("one socket's datagrams: %d sent, %d answered, by backend %v", f.sent, f.answered, f.backends)
+	}
+}
