@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -182,6 +183,11 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 	go picker.reportPassive(bg, g.Shards())
 	go p.watchHealth(bg, healthChanged)
 	if cfg.Control != "" {
+		// /run/fastudp is not there after a reboot (systemd's
+		// RuntimeDirectory= makes it too); the socket itself is 0600.
+		if err := os.MkdirAll(filepath.Dir(cfg.Control), 0o755); err != nil {
+			return fail(fmt.Errorf("control socket directory: %w", err))
+		}
 		srv, err := control.Listen(cfg.Control, &proxyController{p: p, started: time.Now()}, log.With("component", "control"))
 		if err != nil {
 			return fail(fmt.Errorf("control socket: %w", err))
