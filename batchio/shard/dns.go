@@ -106,7 +106,6 @@ func (s *Shard) DNSInUse(b core.BackendID, index int) (n int64, ok bool) {
 // each batch on to the backends' shared sockets.
 func (s *Shard) readDNSListener(li int, now core.Time) {
 	l := &s.listeners[li]
-	lid := core.ListenerID(li)
 	for range listenerReadBudget {
 		n, err := s.rx.Recv(l.fd, s.rxMsgs)
 		if n > 0 {
@@ -115,26 +114,14 @@ func (s *Shard) readDNSListener(li int, now core.Time) {
 		}
 		for i := 0; i < n; i++ {
 			m := &s.rxMsgs[i]
-			segs := segments(m.N, m.SegmentSize)
-			if segs > 1 {
-				s.counters.addShard(ShardGRORuns, 1)
-				s.counters.addShard(ShardGROSegments, uint64(segs))
-			}
-			s.counters.addShard(ShardRxDatagrams, uint64(segs))
-			s.counters.addListener(lid, ListenerRxDatagrams, uint64(segs))
-			s.counters.addListener(lid, ListenerRxBytes, uint64(m.N))
-			if m.Flags&batchio.FlagControlTruncated != 0 || (m.Flags&batchio.FlagTruncated != 0 && m.SegmentSize > 0) {
-				// Lost control data, or a GRO run cut short: never forward.
-				s.counters.addListener(lid, ListenerTruncated, uint64(segs))
+			lap, ok := s.countClientReceive(li, m)
+			if !ok {
 				continue
 			}
 			// A single datagram longer than the buffer fills it, one byte
 			// more than max_rx: dnsQuery drops it as malformed.
-			local := s.opts.Listeners[li].Addr.Addr()
-			if m.Local.IsValid() {
-				local = m.Local
-			}
-			if segs == 1 {
+			local := lap.Addr()
+			if segments(m.N, m.SegmentSize) == 1 {
 				s.dnsQuery(li, m.Addr, local, m.Buf[:m.N], now)
 				continue
 			}
@@ -144,17 +131,8 @@ func (s *Shard) readDNSListener(li int, now core.Time) {
 				s.dnsQuery(li, m.Addr, local, m.Buf[off:min(off+m.SegmentSize, m.N)], now)
 			}
 		}
-		if drops, ok := s.rx.Drops(); ok {
-			s.counters.setListener(lid, ListenerKernelDrops, uint64(drops))
-		}
 		s.flushDNSQueries()
-		if err != nil {
-			if k := batchio.Classify(err); k != batchio.KindWouldBlock {
-				s.warnOnce("listener-recv", "listener receive failed", "listener", s.opts.Listeners[li].Name, "err", err)
-			}
-			return
-		}
-		if n < len(s.rxMsgs) {
+		if s.listenerReadDone(li, n, err) {
 			return
 		}
 	}

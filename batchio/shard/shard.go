@@ -511,44 +511,62 @@ func (s *Shard) readListener(li int, now core.Time) {
 		}
 		for i := 0; i < n; i++ {
 			m := &s.rxMsgs[i]
-			segs := segments(m.N, m.SegmentSize)
-			if segs > 1 {
-				s.counters.addShard(ShardGRORuns, 1)
-				s.counters.addShard(ShardGROSegments, uint64(segs))
-			}
-			s.counters.addShard(ShardRxDatagrams, uint64(segs))
-			s.counters.addListener(lid, ListenerRxDatagrams, uint64(segs))
-			s.counters.addListener(lid, ListenerRxBytes, uint64(m.N))
-			if m.Flags&batchio.FlagControlTruncated != 0 || (m.Flags&batchio.FlagTruncated != 0 && m.SegmentSize > 0) {
-				// Lost control data, or a GRO run cut short: never forward.
-				s.counters.addListener(lid, ListenerTruncated, 1)
+			local, ok := s.countClientReceive(li, m)
+			if !ok {
 				continue
 			}
 			// A datagram longer than the buffer (MSG_TRUNC) fills it: one byte
 			// more than max_rx, so the core drops it as oversize.
-			local := s.opts.Listeners[li].Addr // a specific-address listener may skip PKTINFO
-			if m.Local.IsValid() {
-				local = netip.AddrPortFrom(m.Local, local.Port())
-			}
 			in := core.ClientDatagram(lid, m.Addr, local, m.Buf[:m.N])
 			in.TOS = m.TOS
 			in.SegmentSize = m.SegmentSize
 			s.inputs = append(s.inputs, in)
 		}
-		if drops, ok := s.rx.Drops(); ok {
-			s.counters.setListener(lid, ListenerKernelDrops, uint64(drops))
-		}
 		s.process(now)
-		if err != nil {
-			if k := batchio.Classify(err); k != batchio.KindWouldBlock {
-				s.warnOnce("listener-recv", "listener receive failed", "listener", s.opts.Listeners[li].Name, "err", err)
-			}
-			return
-		}
-		if n < len(s.rxMsgs) {
+		if s.listenerReadDone(li, n, err) {
 			return
 		}
 	}
+}
+
+// countClientReceive counts a datagram (or GRO run) read from listener li
+// and returns the local address it was sent to; ok is false for a receive
+// that must not be forwarded: lost control data, or a GRO run cut short.
+func (s *Shard) countClientReceive(li int, m *batchio.Message) (local netip.AddrPort, ok bool) {
+	lid := core.ListenerID(li)
+	segs := segments(m.N, m.SegmentSize)
+	if segs > 1 {
+		s.counters.addShard(ShardGRORuns, 1)
+		s.counters.addShard(ShardGROSegments, uint64(segs))
+	}
+	s.counters.addShard(ShardRxDatagrams, uint64(segs))
+	s.counters.addListener(lid, ListenerRxDatagrams, uint64(segs))
+	s.counters.addListener(lid, ListenerRxBytes, uint64(m.N))
+	if m.Flags&batchio.FlagControlTruncated != 0 || (m.Flags&batchio.FlagTruncated != 0 && m.SegmentSize > 0) {
+		s.counters.addListener(lid, ListenerTruncated, 1)
+		return netip.AddrPort{}, false
+	}
+	local = s.opts.Listeners[li].Addr // a specific-address listener may skip PKTINFO
+	if m.Local.IsValid() {
+		local = netip.AddrPortFrom(m.Local, local.Port())
+	}
+	return local, true
+}
+
+// listenerReadDone records the kernel's drop count after a recvmmsg of n
+// datagrams on listener li that returned err, and reports whether the
+// listener is drained for now.
+func (s *Shard) listenerReadDone(li, n int, err error) bool {
+	if drops, ok := s.rx.Drops(); ok {
+		s.counters.setListener(core.ListenerID(li), ListenerKernelDrops, uint64(drops))
+	}
+	if err != nil {
+		if k := batchio.Classify(err); k != batchio.KindWouldBlock {
+			s.warnOnce("listener-recv", "listener receive failed", "listener", s.opts.Listeners[li].Name, "err", err)
+		}
+		return true
+	}
+	return n < len(s.rxMsgs)
 }
 
 // readUpstream reads replies from one flow's socket into the shared upstream

@@ -92,23 +92,9 @@ func TestInvalidConfigExitsTwo(t *testing.T) {
 // an echo backend, checks a round trip, then stops it with SIGTERM and
 // expects exit status 0.
 func TestRunQuickStartAndSIGTERM(t *testing.T) {
-	backend, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer backend.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := backend.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = backend.WriteToUDPAddrPort(append([]byte("echo:"), buf[:n]...), from)
-		}
-	}()
+	backend := namedEcho(t, "echo")
 	front := freeUDPPort(t)
-	cmd := exec.Command(fastudpBin, "run", "--listen", front, "--backend", backend.LocalAddr().String(), "--responses", "1", "--shards", "2")
+	cmd := exec.Command(fastudpBin, "run", "--listen", front, "--backend", backend.String(), "--responses", "1", "--shards", "2")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

@@ -31,25 +31,7 @@ func requireRoot(t *testing.T) {
 }
 
 // steeringEcho answers every datagram with "echo:" + payload.
-func steeringEcho(t *testing.T) string {
-	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = c.WriteToUDPAddrPort(append([]byte("echo:"), buf[:n]...), from)
-		}
-	}()
-	return c.LocalAddr().String()
-}
+func steeringEcho(t *testing.T) string { return namedEcho(t, "echo").String() }
 
 // startWithoutBPFCaps starts cmd from a thread whose capability bounding set
 // lacks CAP_BPF and CAP_SYS_ADMIN. The child inherits the thread's bounding
