@@ -627,8 +627,18 @@ func (m *Manager) onBackend(now Time, in *Input) {
 	cfg := &m.versions[f.cfg].cfg
 	n := segmentCount(len(payload), seg)
 	take := n
+	// Responses counts per client datagram, as nginx's proxy_responses
+	// does: a flow that forwarded k datagrams closes after k × Responses
+	// replies, so a client with several requests in flight on one port
+	// gets every answer.
+	limit := uint64(cfg.Responses) * f.datagramsIn
 	if cfg.Responses > 0 {
-		take = min(n, int(cfg.Responses-f.responses))
+		take = int(min(uint64(n), limit-min(uint64(f.responses), limit)))
+		if take == 0 {
+			m.drop(DropFlowClosed, n, len(payload))
+			m.closeFlow(idx, now, CloseResponses)
+			return
+		}
 	}
 	chunk := payload
 	if take < n {
@@ -650,7 +660,7 @@ func (m *Manager) onBackend(now Time, in *Input) {
 	if take < n {
 		m.drop(DropFlowClosed, n-take, len(payload)-len(chunk))
 	}
-	if cfg.Responses > 0 && f.responses >= cfg.Responses {
+	if cfg.Responses > 0 && uint64(f.responses) >= limit {
 		m.closeFlow(idx, now, CloseResponses)
 		return
 	}

@@ -821,7 +821,8 @@ func TestRequestsCap(t *testing.T) {
 	}{
 		{name: "one request, reply then back timeout", requests: 1, replies: 1, closeAt: 4 * time.Second},
 		{name: "two requests, two replies then back timeout", requests: 2, replies: 2, closeAt: 4 * time.Second},
-		{name: "two requests, responses 2 closes on the second reply", requests: 2, responses: 2, replies: 2},
+		{name: "two requests, responses 1 closes on the second reply", requests: 2, responses: 1, replies: 2},
+		{name: "two requests, responses 2 closes on the fourth reply", requests: 2, responses: 2, replies: 4},
 		{name: "one request, no reply: back timeout", requests: 1, replies: 0, closeAt: 3 * time.Second},
 	}
 	for _, tc := range tests {
@@ -873,7 +874,8 @@ func TestRequestsCap(t *testing.T) {
 					if s := pick(out, OutSendToClient); len(s) != 1 || s[0].Client != cliA || s[0].Flow != old {
 						t.Fatalf("reply %d: %s", i, fmtOutputs(out))
 					}
-					if tc.responses > 0 && uint32(i) == tc.responses {
+					// Responses counts per forwarded request.
+					if tc.responses > 0 && uint32(i) == tc.responses*tc.requests {
 						if c := pick(out, OutCloseFlow); len(c) != 1 || c[0].CloseReason != CloseResponses {
 							t.Fatalf("reply %d: %s", i, fmtOutputs(out))
 						}
@@ -1337,6 +1339,8 @@ func TestConfigEvents(t *testing.T) {
 			}
 			wantKinds(t, h.handle(BackendDatagram(b, []byte("r"))), OutSendToClient)
 			wantKinds(t, h.handle(BackendDatagram(b, []byte("r"))), OutSendToClient)
+			// a forwarded two requests: its first reply leaves it open.
+			wantKinds(t, h.handle(BackendDatagram(a, []byte("r"))), OutSendToClient)
 			out = h.handle(BackendDatagram(a, []byte("r")))
 			wantKinds(t, out, OutSendToClient, OutCloseFlow, OutArmTimer)
 			if out[1].CloseReason != CloseResponses || out[1].Cluster != 1 {
@@ -1430,6 +1434,7 @@ func TestConfigEvents(t *testing.T) {
 				t.Fatal(fmtOutputs(out))
 			}
 			wantKinds(t, h.handle(ClientDatagram(0, cliA, lcl, []byte("x"))), OutSendToBackend)
+			wantKinds(t, h.handle(BackendDatagram(a, []byte("r"))), OutSendToClient) // one reply per request
 			wantKinds(t, h.handle(BackendDatagram(a, []byte("r"))), OutSendToClient, OutCloseFlow, OutArmTimer)
 			h.handle(configEvent(ConfigUndrain, 0))
 			if h.m.Draining() {

@@ -523,8 +523,8 @@ func (s *sim) check(in []Input, out []Output) {
 			f.out += uint64(n)
 			f.bytesOut += uint64(len(o.Payload))
 			s.dgOut += uint64(n)
-			if f.cfg.Responses > 0 && f.out > uint64(f.cfg.Responses) {
-				s.fail(in, out, "output %d: %d responses, cap %d", i, f.out, f.cfg.Responses)
+			if f.cfg.Responses > 0 && f.out > uint64(f.cfg.Responses)*f.in {
+				s.fail(in, out, "output %d: %d responses, cap %d per request × %d", i, f.out, f.cfg.Responses, f.in)
 			}
 		case OutCloseFlow:
 			if f == nil {
@@ -573,7 +573,7 @@ func (s *sim) check(in []Input, out []Output) {
 		s.fail(in, out, "%d arms for %d timer inputs", arms, timers)
 	}
 	for _, id := range s.order {
-		if f := s.flows[id]; !f.selected || (f.cfg.Responses > 0 && f.out >= uint64(f.cfg.Responses)) {
+		if f := s.flows[id]; !f.selected || (f.cfg.Responses > 0 && f.in > 0 && f.out >= uint64(f.cfg.Responses)*f.in) {
 			s.fail(in, out, "flow %v live after its last response (or never selected)", id)
 		}
 	}
