@@ -39,7 +39,18 @@ type Batch struct {
 
 	drops    uint32 // SO_RXQ_OVFL value seen by the last Recv
 	hasDrops bool
+
+	calls SyscallCounts
 }
+
+// SyscallCounts are the system calls a [Batch] has made.
+type SyscallCounts struct {
+	Recvmmsg, Sendmmsg uint64
+}
+
+// Syscalls returns the recvmmsg and sendmmsg calls made so far (EINTR
+// retries included), for syscalls-per-byte figures.
+func (b *Batch) Syscalls() SyscallCounts { return b.calls }
 
 // NewBatch returns a Batch that moves up to size messages per system call.
 // A size of 0 or less means [DefaultBatchSize]; sizes above [MaxBatchSize]
@@ -206,6 +217,11 @@ func (b *Batch) prepareSend(i int, m *Message) {
 // 64 KiB can take a while.
 func (b *Batch) mmsg(trap uintptr, fd, n int) (int, unix.Errno) {
 	for {
+		if trap == unix.SYS_RECVMMSG {
+			b.calls.Recvmmsg++
+		} else {
+			b.calls.Sendmmsg++
+		}
 		r, _, e := unix.Syscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[0])),
 			uintptr(n), unix.MSG_DONTWAIT, 0, 0)
 		if e == unix.EINTR {

@@ -20,6 +20,14 @@ func NewBatch(size int) *Batch {
 // Size returns the number of messages one call could carry.
 func (b *Batch) Size() int { return b.size }
 
+// SyscallCounts are the system calls a [Batch] has made.
+type SyscallCounts struct {
+	Recvmmsg, Sendmmsg uint64
+}
+
+// Syscalls returns zero counts: no call is ever made here.
+func (b *Batch) Syscalls() SyscallCounts { return SyscallCounts{} }
+
 // Drops reports no kernel drop counter: it exists only on Linux.
 func (b *Batch) Drops() (count uint32, ok bool) { return 0, false }
 

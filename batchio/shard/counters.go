@@ -24,6 +24,8 @@ const (
 	ShardGSOSegments           // datagrams in those sends (÷ ShardGSOSends = segments per send)
 	ShardGSOFallbacks          // sockets whose GSO send the kernel refused (EIO/EINVAL/EMSGSIZE): GSO turned off there
 	ShardSplitDrops            // datagrams of a split run lost when a non-GSO resend stopped part way
+	ShardRecvmmsg              // recvmmsg calls (listeners and upstreams)
+	ShardSendmmsg              // sendmmsg calls (listeners and upstreams)
 	numShardCounters
 )
 

@@ -174,6 +174,12 @@ func TestDNSModeSharesSocketsAndRestoresIDs(t *testing.T) {
 	if n := g.openSockets(0); n != 2 {
 		t.Fatalf("%d upstream sockets, want 2", n)
 	}
+	// Every query and answer went through a recvmmsg and a sendmmsg; batches
+	// mean at most one call per datagram each way.
+	recvs, sends := g.shard(ShardRecvmmsg), g.shard(ShardSendmmsg)
+	if recvs == 0 || sends == 0 || sends > 2*clients*rounds {
+		t.Fatalf("%d recvmmsg and %d sendmmsg calls for %d queries", recvs, sends, clients*rounds)
+	}
 }
 
 // TestDNSModeDropsForgedReplies: a reply with the right ID but another

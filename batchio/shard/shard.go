@@ -433,7 +433,19 @@ func (s *Shard) Run(ctx context.Context) error {
 			return nil
 		}
 		s.publishDNS()
+		s.countSyscalls()
 		s.counters.publish()
+	}
+}
+
+// countSyscalls copies the batches' system call counts into the counters.
+func (s *Shard) countSyscalls() {
+	rx, tx := s.rx.Syscalls(), s.tx.Syscalls()
+	if v := rx.Recvmmsg + tx.Recvmmsg; v != s.counters.local[ShardRecvmmsg] {
+		s.counters.local[ShardRecvmmsg], s.counters.dirty = v, true
+	}
+	if v := rx.Sendmmsg + tx.Sendmmsg; v != s.counters.local[ShardSendmmsg] {
+		s.counters.local[ShardSendmmsg], s.counters.dirty = v, true
 	}
 }
 
