@@ -18,6 +18,10 @@ type Backend struct {
 	Addr netip.AddrPort
 	// Weight is the backend's relative share of keys; it must be at least 1.
 	Weight uint32
+	// Backup marks a backend that gets new flows only while no primary
+	// (non-backup) backend of its table is usable. A table whose backends
+	// are all backups treats them as primaries.
+	Backup bool
 }
 
 // Limits on tables.

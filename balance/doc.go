@@ -27,10 +27,16 @@
 // backend is usable keep it; keys of a skipped backend spread over the others
 // in proportion to their weights.
 //
-// # Other algorithms
+// # Other algorithms and backups
 //
-// Round robin, weighted random and power-of-two choices need per-shard mutable
-// state (a cursor, live-flow counts). They are meant to sit on the same sorted
-// backend list and [Set] in a per-shard picker that holds that state; the
-// [Algorithm] type names the policy so configuration can carry it.
+// Round robin, weighted random and power-of-two choices ([RoundRobin],
+// [Random], [P2C]) need mutable state (a cursor, random bits, live-flow
+// counts). A [Selector] holds it for one table and one usable set: the
+// control plane (or the first pick after a change) builds it once per health
+// view; every shard shares it, with one atomic add per pick. Selectors serve
+// Maglev and HRW too, deciding once per view which tier (primaries or
+// [Backend.Backup] backends) is in use.
+//
+// Only Maglev and HRW give a client the same backend across its flows; the
+// other policies spread each new flow afresh.
 package balance

@@ -24,9 +24,12 @@ import (
 // is below the best score so far is skipped without a logarithm, which leaves
 // O(log N) logarithms per lookup on average.
 
-// hrwPick returns the index of the winning backend among usable (nil: all),
-// or -1 when there is none.
-func (t *Table) hrwPick(key uint64, usable *Set) int {
+// hrwPick returns the index of the winning backend among the backends in
+// both usable and mask (nil: all), or -1 when there is none.
+func (t *Table) hrwPick(key uint64, usable, mask *Set) int {
+	if usable == nil {
+		usable, mask = mask, nil
+	}
 	best := -1
 	var bestH uint64
 	if t.weight == nil && usable == nil {
@@ -43,7 +46,7 @@ func (t *Table) hrwPick(key uint64, usable *Set) int {
 	}
 	if t.weight == nil {
 		for i, hb := range t.hrw {
-			if usable != nil && !usable.Has(i) {
+			if !usable.Has(i) || mask != nil && !mask.Has(i) {
 				continue
 			}
 			if h := splitmix64(key ^ hb); best < 0 || h > bestH {
@@ -54,7 +57,7 @@ func (t *Table) hrwPick(key uint64, usable *Set) int {
 	}
 	var bestS float64
 	for i, hb := range t.hrw {
-		if usable != nil && !usable.Has(i) {
+		if usable != nil && !usable.Has(i) || mask != nil && !mask.Has(i) {
 			continue
 		}
 		h := splitmix64(key ^ hb)

@@ -67,8 +67,32 @@ func NewMaglev(seed uint64, backends []Backend, size uint32) (*Table, error) {
 		return nil, fmt.Errorf("balance: maglev: %d slots for %d backends: %w", m, len(t.backends), ErrSize)
 	}
 	t.m = m
-	t.slots = populate(seed, t.backends, m)
+	if t.backup == nil {
+		t.slots = populate(seed, t.backends, m)
+	} else {
+		t.slots = populateTier(seed, t.backends, t.primary, m)
+		t.bslots = populateTier(seed, t.backends, t.backup, m)
+	}
 	return t, nil
+}
+
+// populateTier fills m slots with the backends of bs in tier as populate
+// does for them alone (so the tier's table does not depend on the other
+// tier), each slot holding an index into bs.
+func populateTier(seed uint64, bs []Backend, tier *Set, m uint64) []uint16 {
+	var sub []Backend
+	var idx []uint16
+	for i := range bs {
+		if tier.Has(i) {
+			sub = append(sub, bs[i])
+			idx = append(idx, uint16(i))
+		}
+	}
+	slots := populate(seed, sub, m)
+	for s, j := range slots {
+		slots[s] = idx[j]
+	}
+	return slots
 }
 
 func maglevSize(size uint32) (uint64, error) {
@@ -90,22 +114,23 @@ func (t *Table) slot(key uint64) uint64 {
 	return hi
 }
 
-// maglevPick returns the first usable backend among the key's home slot and
-// the MaxProbes-1 slots after it, else the rendezvous winner among usable.
-func (t *Table) maglevPick(key uint64, usable *Set) int {
+// maglevPick returns the first usable backend among the key's home slot in
+// slots (a tier's table; mask is the tier) and the MaxProbes-1 slots after
+// it, else the rendezvous winner among the usable backends of the tier.
+func (t *Table) maglevPick(key uint64, slots []uint16, usable, mask *Set) int {
 	s := t.slot(key)
 	if usable == nil {
-		return int(t.slots[s])
+		return int(slots[s])
 	}
 	for range MaxProbes {
-		if i := int(t.slots[s]); usable.Has(i) {
+		if i := int(slots[s]); usable.Has(i) {
 			return i
 		}
 		if s++; s == t.m {
 			s = 0
 		}
 	}
-	return t.hrwPick(key, usable)
+	return t.hrwPick(key, usable, mask)
 }
 
 // quotas returns each backend's slot count: its share of m by weight, rounded

@@ -267,7 +267,7 @@ func TestMaglevLookupAvailable(t *testing.T) {
 				}
 				if !probed {
 					fallbacks++
-					if want := tab.hrwPick(key(k), usable); i != want {
+					if want := tab.hrwPick(key(k), usable, nil); i != want {
 						t.Fatalf("key %d: fallback %d, want HRW %d", k, i, want)
 					}
 				}

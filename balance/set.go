@@ -45,5 +45,15 @@ func (s *Set) Len() int {
 	return n
 }
 
+// intersects reports whether s and o share an index.
+func (s *Set) intersects(o *Set) bool {
+	for i, w := range s.words[:min(len(s.words), len(o.words))] {
+		if w&o.words[i] != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Clear empties the set, keeping its storage.
 func (s *Set) Clear() { clear(s.words) }

@@ -80,14 +80,19 @@ func TestNewErrors(t *testing.T) {
 }
 
 func TestParseAlgorithm(t *testing.T) {
-	for _, a := range []Algorithm{Maglev, HRW} {
+	for _, a := range []Algorithm{Maglev, HRW, RoundRobin, Random, P2C} {
 		got, err := ParseAlgorithm(a.String())
 		if err != nil || got != a {
 			t.Errorf("ParseAlgorithm(%q) = %v, %v", a.String(), got, err)
 		}
 	}
-	if _, err := ParseAlgorithm("rr"); err == nil {
-		t.Error(`ParseAlgorithm("rr") succeeded`)
+	for _, s := range []string{"", "least", "algorithm(0)", "Maglev"} {
+		if _, err := ParseAlgorithm(s); err == nil {
+			t.Errorf("ParseAlgorithm(%q) succeeded", s)
+		}
+	}
+	if got := Algorithm(0).String(); got != "algorithm(0)" {
+		t.Errorf("Algorithm(0) = %q", got)
 	}
 }
 

@@ -169,6 +169,9 @@ type Backend struct {
 	Name    string
 	Address netip.AddrPort
 	Weight  int
+	// Backup marks a backend that gets new flows only while no primary
+	// backend of its cluster is usable (up and not draining).
+	Backup bool
 }
 
 // Label returns the backend's name, or its address when it has none: the
@@ -242,9 +245,15 @@ const (
 	LBMaglev LB = iota
 	// LBHRW is rendezvous (highest random weight) hashing.
 	LBHRW
+	// LBRR is smooth weighted round robin.
+	LBRR
+	// LBRandom is weighted random.
+	LBRandom
+	// LBP2C is power of two choices on live flows per unit of weight.
+	LBP2C
 )
 
-var lbNames = [...]string{LBMaglev: "maglev", LBHRW: "hrw"}
+var lbNames = [...]string{LBMaglev: "maglev", LBHRW: "hrw", LBRR: "rr", LBRandom: "random", LBP2C: "p2c"}
 
 func (l LB) String() string {
 	if int(l) < len(lbNames) {
@@ -253,14 +262,14 @@ func (l LB) String() string {
 	return fmt.Sprintf("lb(%d)", uint8(l))
 }
 
-// ParseLB parses "maglev" or "hrw".
+// ParseLB parses "maglev", "hrw", "rr", "random" or "p2c".
 func ParseLB(s string) (LB, error) {
 	for i, n := range lbNames {
 		if s == n {
 			return LB(i), nil
 		}
 	}
-	return 0, fmt.Errorf("lb %q: want maglev or hrw", s)
+	return 0, fmt.Errorf("lb %q: want maglev, hrw, rr, random or p2c", s)
 }
 
 // Steering chooses who picks a datagram's shard.

@@ -72,7 +72,7 @@ func exampleConfig() Config {
 				DNS:           DefaultDNS(), FailOpen: true, Health: DefaultHealth(),
 				Backends: []Backend{
 					{Address: netip.MustParseAddrPort("[::1]:4434"), Weight: 100},
-					{Name: "quic-b", Address: netip.MustParseAddrPort("127.0.0.1:4435"), Weight: 50},
+					{Name: "quic-b", Address: netip.MustParseAddrPort("127.0.0.1:4435"), Weight: 50, Backup: true},
 				},
 			},
 		},

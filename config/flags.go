@@ -25,6 +25,7 @@ type Flags struct {
 	Requests      string   // --requests N
 	IdleTimeout   string   // --idle-timeout DURATION: front_timeout and back_timeout
 	MaxFlows      string   // --max-flows N
+	LB            string   // --lb maglev|hrw|rr|random|p2c
 	Affinity      string   // --affinity ip|ip-port
 	ProxyProtocol string   // --proxy-protocol off|first|every
 	Shards        string   // --shards N
@@ -56,6 +57,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Requests, "requests", "", "detach a flow from its client after `N` client datagrams (default 0: unlimited)")
 	fs.StringVar(&f.IdleTimeout, "idle-timeout", "", "close a flow idle for `DURATION` (default 30s)")
 	fs.StringVar(&f.MaxFlows, "max-flows", "", "cap live flows in the process at `N` (default 65536)")
+	fs.StringVar(&f.LB, "lb", "", "load-balancing `POLICY`: maglev, hrw (consistent hashing: a client keeps its backend), rr, random or p2c (power of two choices on live flows) (default maglev)")
 	fs.StringVar(&f.Affinity, "affinity", "", "backend affinity `MODE`: ip, ip-port or datagram (per-datagram balancing) (default ip)")
 	fs.StringVar(&f.ProxyProtocol, "proxy-protocol", "", "send PROXY v2 headers: `MODE` off, first or every (default off)")
 	fs.StringVar(&f.Shards, "shards", "", "run `N` shards (default 0: GOMAXPROCS)")
@@ -101,6 +103,7 @@ var flagSpecs = []flagSpec{
 	{"requests", []string{"cluster[0].requests"}, func(f *Flags) string { return f.Requests }, true, false},
 	{"idle-timeout", []string{"cluster[0].front_timeout", "cluster[0].back_timeout"}, func(f *Flags) string { return f.IdleTimeout }, false, false},
 	{"max-flows", []string{"max_flows"}, func(f *Flags) string { return f.MaxFlows }, true, false},
+	{name: "lb", paths: []string{"cluster[0].lb"}, get: func(f *Flags) string { return f.LB }},
 	{"affinity", []string{"cluster[0].affinity"}, func(f *Flags) string { return f.Affinity }, false, false},
 	{"proxy-protocol", []string{"cluster[0].proxy_protocol"}, func(f *Flags) string { return f.ProxyProtocol }, false, false},
 	{"shards", []string{"shards"}, func(f *Flags) string { return f.Shards }, true, false},

@@ -106,6 +106,9 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 			}
 			w("address", be.Address.String())
 			w("weight", be.Weight)
+			if be.Backup {
+				w("backup", true)
+			}
 		}
 		indent = ""
 	}

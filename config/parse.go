@@ -207,6 +207,7 @@ var (
 		{"name", func(v value, b *Backend) { v.string(&b.Name) }},
 		{"address", func(v value, b *Backend) { v.addrPort(&b.Address) }},
 		{"weight", func(v value, b *Backend) { v.int(&b.Weight) }},
+		{"backup", func(v value, b *Backend) { v.bool(&b.Backup) }},
 	}
 )
 

@@ -163,8 +163,8 @@ func (v *validator) cluster(c *Config, i int) {
 			v.fail(joinPath(path, "name"), item, "name", "cluster %q is already defined%s", cl.Name, v.at(indexPath("cluster", j)))
 		}
 	}
-	if cl.LB > LBHRW {
-		v.fail(joinPath(path, "lb"), item, "lb", "%v is not valid, want maglev or hrw", cl.LB)
+	if cl.LB > LBP2C {
+		v.fail(joinPath(path, "lb"), item, "lb", "%v is not valid, want maglev, hrw, rr, random or p2c", cl.LB)
 	}
 	if cl.Affinity > core.AffinityDatagram {
 		v.fail(joinPath(path, "affinity"), item, "affinity", "%v is not valid, want ip, ip-port or datagram", cl.Affinity)

@@ -36,6 +36,14 @@ var (
 // health monitor, which publishes it with the backends' states.
 type clusterPicker struct {
 	clusters []atomic.Pointer[health.Cluster] // by core.ClusterID; nil for a cluster without backends
+	// sels[c] is the selector of cluster c's current health view, built on
+	// the first pick after the view changes (O(N), off the per-pick path).
+	sels []atomic.Pointer[viewSelector]
+	// loads[c] reads live load for p2c: flows, or queries in flight in dns
+	// mode. shards is set once the shard group exists (nil before: no
+	// load, p2c then draws like random).
+	loads  []balance.LoadFunc
+	shards atomic.Pointer[[]*shard.Shard]
 	// capacity bounds BackendIDs (the shards' counters are sized for it).
 	capacity int
 	seed     uint64
@@ -51,12 +59,19 @@ type clusterPicker struct {
 	labelV atomic.Pointer[[]shard.BackendLabels]
 }
 
+// viewSelector ties a selector to the health view it was built for.
+type viewSelector struct {
+	view *health.View
+	sel  *balance.Selector
+}
+
 // backendRef is one backend of the registry.
 type backendRef struct {
 	cluster int
 	addr    netip.AddrPort
 	name    string
 	weight  int
+	backup  bool
 	removed bool
 }
 
@@ -67,16 +82,23 @@ var _ shard.Picker = (*clusterPicker)(nil)
 func newClusterPicker(cfg *config.Config, mon *health.Monitor) (*clusterPicker, error) {
 	p := &clusterPicker{
 		clusters: make([]atomic.Pointer[health.Cluster], len(cfg.Clusters)),
+		sels:     make([]atomic.Pointer[viewSelector], len(cfg.Clusters)),
 		seed:     cfg.Seed,
 		mon:      mon,
 	}
+	flows, queries := balance.LoadFunc(p.liveFlows), balance.LoadFunc(p.dnsInFlight)
 	for ci := range cfg.Clusters {
 		cl := &cfg.Clusters[ci]
 		p.names = append(p.names, cl.Name)
 		p.lb = append(p.lb, cl.LB)
 		p.mode = append(p.mode, cl.Mode)
+		if cl.Mode == config.ModeDNS {
+			p.loads = append(p.loads, queries)
+		} else {
+			p.loads = append(p.loads, flows)
+		}
 		for _, b := range cl.Backends {
-			p.refs = append(p.refs, backendRef{cluster: ci, addr: b.Address, name: b.Name, weight: b.Weight})
+			p.refs = append(p.refs, backendRef{cluster: ci, addr: b.Address, name: b.Name, weight: b.Weight, backup: b.Backup})
 		}
 	}
 	p.capacity = len(p.refs) + spareBackendIDs
@@ -114,24 +136,37 @@ func (p *clusterPicker) tableLocked(ci int) (*balance.Table, error) {
 	var bs []balance.Backend
 	for id, r := range p.refs {
 		if r.cluster == ci && !r.removed {
-			bs = append(bs, balance.Backend{ID: core.BackendID(id), Addr: r.addr, Weight: uint32(r.weight)})
+			bs = append(bs, balance.Backend{ID: core.BackendID(id), Addr: r.addr, Weight: uint32(r.weight), Backup: r.backup})
 		}
 	}
 	if len(bs) == 0 {
 		return nil, nil
 	}
-	alg := balance.Maglev
-	if p.lb[ci] == config.LBHRW {
-		alg = balance.HRW
-	}
-	t, err := balance.New(alg, p.seed, bs, 0)
+	t, err := balance.New(lbAlgorithm(p.lb[ci]), p.seed, bs, 0)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: %w", p.names[ci], err)
 	}
 	return t, nil
 }
 
-// Pick implements shard.Picker.
+// lbAlgorithm maps the config's lb to the balance package's algorithm.
+func lbAlgorithm(lb config.LB) balance.Algorithm {
+	switch lb {
+	case config.LBHRW:
+		return balance.HRW
+	case config.LBRR:
+		return balance.RoundRobin
+	case config.LBRandom:
+		return balance.Random
+	case config.LBP2C:
+		return balance.P2C
+	}
+	return balance.Maglev
+}
+
+// Pick implements shard.Picker: three atomic loads (cluster, view, selector)
+// and the policy's pick. It allocates nothing except on the first pick after
+// a view change, which builds that view's selector.
 func (p *clusterPicker) Pick(cluster core.ClusterID, key uint64) (core.Backend, bool) {
 	if int(cluster) >= len(p.clusters) {
 		return core.Backend{}, false
@@ -140,8 +175,71 @@ func (p *clusterPicker) Pick(cluster core.ClusterID, key uint64) (core.Backend, 
 	if hc == nil {
 		return core.Backend{}, false
 	}
-	b, ok := hc.Pick(key)
-	return core.Backend{ID: b.ID, Addr: b.Addr}, ok
+	v := hc.View()
+	vs := p.sels[cluster].Load()
+	if vs == nil || vs.view != v {
+		vs = p.newSelector(cluster, v, vs)
+	}
+	i := vs.sel.Pick(key, p.loads[cluster])
+	if i < 0 {
+		return core.Backend{}, false
+	}
+	b := v.Table.Backend(i)
+	return core.Backend{ID: b.ID, Addr: b.Addr}, true
+}
+
+// newSelector builds and publishes the selector of view v of cluster c,
+// continuing old's cursor. Shards racing here each build one; the last
+// store wins, and every one of them is correct for v.
+func (p *clusterPicker) newSelector(c core.ClusterID, v *health.View, old *viewSelector) *viewSelector {
+	var cursor uint64
+	if old != nil {
+		cursor = old.sel.Cursor()
+	}
+	vs := &viewSelector{view: v, sel: balance.NewSelector(v.Table, v.Usable, cursor)}
+	p.sels[c].Store(vs)
+	return vs
+}
+
+// setShards gives the picker the shards whose counters hold live flows and
+// DNS queries in flight per backend, for p2c.
+func (p *clusterPicker) setShards(ss []*shard.Shard) { p.shards.Store(&ss) }
+
+// liveFlows returns backend id's live flows: upstream sockets opened minus
+// closed, summed over the shards (two atomic loads per shard).
+func (p *clusterPicker) liveFlows(id core.BackendID) uint64 {
+	ss := p.shards.Load()
+	if ss == nil {
+		return 0
+	}
+	var n uint64
+	for _, s := range *ss {
+		c := s.Counters()
+		// Closed before opened: counters publish in index order, so this
+		// never sees more closed than opened.
+		closed := c.Backend(id, shard.BackendSocketsClosed)
+		n += c.Backend(id, shard.BackendSocketsOpened) - closed
+	}
+	return n
+}
+
+// dnsInFlight returns backend id's DNS queries in flight: sent minus
+// answered, timed out and released, summed over the shards.
+func (p *clusterPicker) dnsInFlight(id core.BackendID) uint64 {
+	ss := p.shards.Load()
+	if ss == nil {
+		return 0
+	}
+	var n uint64
+	for _, s := range *ss {
+		c := s.Counters()
+		// Read in reverse index order (see liveFlows).
+		done := c.Backend(id, shard.BackendDNSReleased) + c.Backend(id, shard.BackendDNSTimeouts) + c.Backend(id, shard.BackendDNSAnswers)
+		if sent := c.Backend(id, shard.BackendDNSQueries); sent > done {
+			n += sent - done
+		}
+	}
+	return n
 }
 
 // labels returns the backends' metric labels by BackendID; removed ones are
@@ -208,9 +306,14 @@ func (p *clusterPicker) applyLocked(ci int) error {
 	return nil
 }
 
-// addBackend adds a backend to cluster ci; new flows may go to it at once
-// (it starts as a new backend does for the cluster's health checks).
+// addBackend adds a primary backend to cluster ci; new flows may go to it at
+// once (it starts as a new backend does for the cluster's health checks).
 func (p *clusterPicker) addBackend(ci int, name string, addr netip.AddrPort, weight int) error {
+	return p.addBackendAs(ci, name, addr, weight, false)
+}
+
+// addBackendAs is addBackend for a primary or, with backup, a backup backend.
+func (p *clusterPicker) addBackendAs(ci int, name string, addr netip.AddrPort, weight int, backup bool) error {
 	if !addr.IsValid() || addr.Port() == 0 || addr.Addr().IsUnspecified() || addr.Addr().IsMulticast() {
 		return fmt.Errorf("%w: %v is not a unicast ip:port", errInvalid, addr)
 	}
@@ -228,7 +331,7 @@ func (p *clusterPicker) addBackend(ci int, name string, addr netip.AddrPort, wei
 	if p.clusters[ci].Load() == nil {
 		return fmt.Errorf("%w: cluster %q has no health state (it had no backend at start); restart to add one", errInvalid, p.names[ci])
 	}
-	p.refs = append(p.refs, backendRef{cluster: ci, addr: addr, name: name, weight: weight})
+	p.refs = append(p.refs, backendRef{cluster: ci, addr: addr, name: name, weight: weight, backup: backup})
 	if err := p.applyLocked(ci); err != nil {
 		p.refs = p.refs[:len(p.refs)-1]
 		return err
@@ -268,6 +371,24 @@ func (p *clusterPicker) setWeight(ci int, addr netip.AddrPort, weight int) error
 	p.refs[id].weight = weight
 	if err := p.applyLocked(ci); err != nil {
 		p.refs[id].weight = old
+		return err
+	}
+	return nil
+}
+
+// setBackup moves a backend to the backup tier (on) or the primaries (new
+// flows only).
+func (p *clusterPicker) setBackup(ci int, addr netip.AddrPort, on bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id := p.findLocked(ci, addr)
+	if id < 0 {
+		return fmt.Errorf("%w: %v is not a backend of cluster %q", errNotFound, addr, p.names[ci])
+	}
+	old := p.refs[id].backup
+	p.refs[id].backup = on
+	if err := p.applyLocked(ci); err != nil {
+		p.refs[id].backup = old
 		return err
 	}
 	return nil

@@ -133,6 +133,7 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		return fail(err)
 	}
 	p.group = g
+	picker.setShards(g.Shards()) // live flows per backend, for lb = "p2c"
 	p.registry = prometheus.NewRegistry()
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.registry.MustRegister(shard.NewDynamicCollector(g.Shards(), picker.listenerLabels(cfg), picker.labels))

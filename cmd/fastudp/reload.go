@@ -116,7 +116,7 @@ func (p *proxy) reloadCluster(ci int, old, nc *config.Cluster, res *reloadResult
 		i := slices.IndexFunc(refs, func(r backendRef) bool { return r.addr == b.Address })
 		switch {
 		case i < 0:
-			if err := p.picker.addBackend(ci, b.Name, b.Address, b.Weight); err != nil {
+			if err := p.picker.addBackendAs(ci, b.Name, b.Address, b.Weight, b.Backup); err != nil {
 				return err
 			}
 			res.Added = append(res.Added, old.Name+" "+b.Address.String())
@@ -125,6 +125,12 @@ func (p *proxy) reloadCluster(ci int, old, nc *config.Cluster, res *reloadResult
 				return err
 			}
 			res.Reweighted = append(res.Reweighted, old.Name+" "+b.Address.String())
+		}
+		if i >= 0 && refs[i].backup != b.Backup {
+			if err := p.picker.setBackup(ci, b.Address, b.Backup); err != nil {
+				return err
+			}
+			changed = true
 		}
 	}
 	for _, r := range refs {
