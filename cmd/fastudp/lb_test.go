@@ -214,3 +214,32 @@ func TestPickerPickAllocatesNothing(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkPickerPick measures the shards' Pick (cluster, view and selector
+// loads, then the policy) over 10 backends, all usable.
+func BenchmarkPickerPick(b *testing.B) {
+	for _, lb := range []string{"maglev", "hrw", "rr", "random", "p2c"} {
+		b.Run(lb, func(b *testing.B) {
+			var bs []lbBackend
+			for i := range 10 {
+				bs = append(bs, lbBackend{fmt.Sprint("b", i), netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 53), 100, false})
+			}
+			cfg, err := config.Parse([]byte(lbConfig(netip.MustParseAddrPort("127.0.0.1:5300"), "s", lb, bs...)), "lb.toml")
+			if err != nil {
+				b.Fatal(err)
+			}
+			p, err := newClusterPicker(cfg, health.NewMonitor(health.Options{}))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			var k uint64
+			for b.Loop() {
+				k += 0x9e3779b97f4a7c15
+				if _, ok := p.Pick(0, k); !ok {
+					b.Fatal("no backend")
+				}
+			}
+		})
+	}
+}
