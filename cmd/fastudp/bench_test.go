@@ -24,7 +24,7 @@ func TestBenchEndToEnd(t *testing.T) {
 	for _, re := range []string{
 		`\| small-pps \| [0-9.]+ \| [0-9.]+ \|`,                // CPU of floor and fastudp
 		`\| small-pps \| fastudp \| [0-9.]+ \| — \| — \| — \|`, // the ratio to the floor
-		`\| direct \| \d+ \| [0-9.]+ \| — \|`, // loopback may drop a few under load
+		`\| direct \| \d+ \| [0-9.]+ \| — \|`,                  // loopback may drop a few under load
 		`\| floor \| \d+ \| [0-9.]+ \| [0-9.]+ \(`,
 		`\| fastudp \| \d+ \| [0-9.]+ \| [0-9.]+ \(`,
 	} {
