@@ -92,6 +92,11 @@ type Config struct {
 	// Control is the path of the control API's unix socket (mode 0600);
 	// "" turns it off.
 	Control string
+	// ControlTCP is a loopback ip:port where the control API also listens,
+	// for tooling that cannot use a unix socket; every request must carry
+	// the token read from ControlTokenFile. "" turns it off.
+	ControlTCP       string
+	ControlTokenFile string
 	// LogLevel is one of slog.LevelDebug, LevelInfo, LevelWarn, LevelError.
 	LogLevel slog.Level
 	// LogFormat chooses text or JSON logs.

@@ -39,6 +39,8 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 	w("upstream_sources", srcs)
 	w("metrics", c.Metrics)
 	w("control", c.Control)
+	w("control_tcp", c.ControlTCP)
+	w("control_token_file", c.ControlTokenFile)
 	w("log_level", logLevelName(c.LogLevel))
 	w("log_format", c.LogFormat.String())
 	w("access_log", c.AccessLog)

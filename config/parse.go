@@ -151,6 +151,8 @@ var (
 		{"upstream_sources", func(v value, c *Config) { v.addrs(&c.UpstreamSources) }},
 		{"metrics", func(v value, c *Config) { v.string(&c.Metrics) }},
 		{"control", func(v value, c *Config) { v.string(&c.Control) }},
+		{"control_tcp", func(v value, c *Config) { v.string(&c.ControlTCP) }},
+		{"control_token_file", func(v value, c *Config) { v.string(&c.ControlTokenFile) }},
 		{"log_level", func(v value, c *Config) { enum(v, &c.LogLevel, ParseLogLevel) }},
 		{"log_format", func(v value, c *Config) { enum(v, &c.LogFormat, ParseLogFormat) }},
 		{"access_log", func(v value, c *Config) { v.string(&c.AccessLog) }},

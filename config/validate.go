@@ -35,6 +35,14 @@ func (c *Config) Validate() error {
 			v.fail("metrics", "", "metrics", "%q %s", c.Metrics, msg)
 		}
 	}
+	if c.ControlTCP != "" {
+		if ap, err := netip.ParseAddrPort(c.ControlTCP); err != nil || !ap.Addr().IsLoopback() || ap.Port() == 0 {
+			v.fail("control_tcp", "", "control_tcp", "%q is not a loopback ip:port (the control API must not be reachable from the network)", c.ControlTCP)
+		}
+		if c.ControlTokenFile == "" {
+			v.fail("control_token_file", "", "control_token_file", "is required with control_tcp")
+		}
+	}
 	if logLevelName(c.LogLevel) == "" {
 		v.fail("log_level", "", "log_level", "%v is not valid, want debug, info, warn or error", c.LogLevel)
 	}

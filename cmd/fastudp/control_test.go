@@ -139,3 +139,39 @@ func TestControlUnderLoad(t *testing.T) {
 		t.Fatalf("removing an unknown backend: %v, want ErrNotFound", err)
 	}
 }
+
+// TestControlTCPToken: control_tcp serves the API on loopback to requests
+// with the token of control_token_file, and refuses the rest.
+func TestControlTCPToken(t *testing.T) {
+	backends := map[string]netip.AddrPort{"a": namedEcho(t, "a")}
+	front := netip.MustParseAddrPort(freeUDPPort(t))
+	ctlAddr := freeUDPPort(t) // a port number free for UDP is most likely free for TCP too
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "fastudp.toml")
+	conf := fmt.Sprintf("control_tcp = %q\ncontrol_token_file = %q\n", ctlAddr, tokenFile) + reloadConfig(front, backends, nil, []string{"a"})
+	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr := startFromFile(t, file)
+	waitEcho(t, front, stderr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	good := control.NewTCPClient(ctlAddr, "s3cret")
+	defer good.Close()
+	if bs, err := good.Backends(ctx, ""); err != nil || len(bs) != 1 || bs[0].Address != backends["a"] {
+		t.Fatalf("with the token: %v %+v", err, bs)
+	}
+	bad := control.NewTCPClient(ctlAddr, "guess")
+	defer bad.Close()
+	if _, err := bad.Status(ctx); err == nil {
+		t.Fatal("a wrong token was accepted")
+	}
+	var apiErr *control.APIError
+	if _, err := bad.Status(ctx); !errors.As(err, &apiErr) || apiErr.StatusCode != 401 {
+		t.Fatalf("wrong token: %v, want 401", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/fastudp/fastudp/batchio/shard"
@@ -249,4 +250,19 @@ func (c *proxyController) Reload() (control.ReloadResult, error) {
 		out.BackendsChanged = append(out.BackendsChanged, ref(s))
 	}
 	return out, nil
+}
+
+// readToken reads the control_tcp token: the first line of path, which must
+// not be empty.
+func readToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("control_token_file: %w", err)
+	}
+	token, _, _ := strings.Cut(string(b), "\n")
+	token = strings.TrimSpace(token)
+	if token == "" {
+		return "", fmt.Errorf("control_token_file %s: the first line is empty", path)
+	}
+	return token, nil
 }

@@ -46,6 +46,7 @@ type proxy struct {
 	cfgPath  string
 	reloadMu sync.Mutex
 	control  *control.Server
+	ctlTCP   *control.Server
 	// stopBackground stops the health monitor and the passive reports.
 	stopBackground context.CancelFunc
 }
@@ -71,6 +72,9 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		_ = stopDNSTCP(context.Background(), p.dnsTCP)
 		if p.control != nil {
 			_ = p.control.Close()
+		}
+		if p.ctlTCP != nil {
+			_ = p.ctlTCP.Close()
 		}
 		if p.metrics != nil {
 			_ = p.metrics.Close()
@@ -201,6 +205,23 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		}()
 		log.Info("control API", "socket", cfg.Control)
 	}
+	if cfg.ControlTCP != "" {
+		token, err := readToken(cfg.ControlTokenFile)
+		if err != nil {
+			return fail(err)
+		}
+		srv, err := control.ListenTCP(cfg.ControlTCP, token, &proxyController{p: p, started: time.Now()}, log.With("component", "control"))
+		if err != nil {
+			return fail(fmt.Errorf("control_tcp: %w", err))
+		}
+		p.ctlTCP = srv
+		go func() {
+			if err := srv.Serve(); err != nil {
+				log.Error("control API (tcp) stopped", "err", err)
+			}
+		}()
+		log.Info("control API", "tcp", srv.Addr().String())
+	}
 	g.Start(ctx)
 	for i, a := range g.Addrs() {
 		log.Info("listening", "listener", cfg.Listeners[i].Name, "address", a, "cluster", cfg.Listeners[i].Cluster, "shards", shards)
@@ -266,6 +287,9 @@ func (p *proxy) addrs() []netip.AddrPort { return p.group.Addrs() }
 func (p *proxy) stop(grace time.Duration) error {
 	if p.control != nil {
 		_ = p.control.Close()
+	}
+	if p.ctlTCP != nil {
+		_ = p.ctlTCP.Close()
 	}
 	p.group.Stop(grace)
 	tcpCtx, cancelTCP := context.WithTimeout(context.Background(), grace)
