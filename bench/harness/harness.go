@@ -75,7 +75,7 @@ type Options struct {
 
 // DefaultScenarios are the scenarios run when none are named, in report
 // order: all but dnsperf, which needs dnsperf and knot and is run by name.
-var DefaultScenarios = []string{"small-pps", "dns-qps", "bulk-gso", "flow-churn", "latency", "many-flows", "new-flow-flood"}
+var DefaultScenarios = []string{"small-pps", "dns-qps", "bulk-gso", "bulk-gro", "quic-bulk", "flow-churn", "latency", "many-flows", "new-flow-flood"}
 
 // scenarioNames lists every scenario.
 func scenarioNames() string {
@@ -337,29 +337,24 @@ func (h *harness) targets() ([]target.Target, []string, error) {
 			tg = target.Dnsdist{Script: filepath.Join(h.o.PeersDir, "start-dnsdist.sh")}
 		case name == "socat":
 			tg = target.Socat{Idle: 2}
-		case name == "fastudp-dns" || strings.HasPrefix(name, "fastudp-dns-"):
-			shards := 1
-			if s, ok := strings.CutPrefix(name, "fastudp-dns-"); ok {
-				n, err := strconv.Atoi(s)
-				if err != nil || n < 1 || n > 256 {
-					return nil, nil, fmt.Errorf("bench: target %q: want fastudp-dns or fastudp-dns-N, N shards", name)
-				}
-				shards = n
+		case isFastudp(name) && strings.HasSuffix(name, noGSOSuffix):
+			// fastudp[-dns][-N]-nogso: the same target with GRO and GSO
+			// off, to measure both in one interleaved run.
+			f, err := h.fastudpTarget(strings.TrimSuffix(name, noGSOSuffix))
+			if err != nil {
+				return nil, nil, err
 			}
-			args := append(append([]string{}, h.o.FastudpArgs...), "--mode", "dns")
-			tg = target.Fastudp{Bin: h.o.Bin, Shards: shards, Metrics: true, Label: name, Args: args}
-		case name == "fastudp" || strings.HasPrefix(name, "fastudp-"):
-			shards := 1
-			if s, ok := strings.CutPrefix(name, "fastudp-"); ok {
-				n, err := strconv.Atoi(s)
-				if err != nil || n < 1 || n > 256 {
-					return nil, nil, fmt.Errorf("bench: target %q: want fastudp or fastudp-N, N shards", name)
-				}
-				shards = n
+			f.Label = name
+			f.Args = append(slices.Clone(f.Args), "--gro=false", "--gso=false")
+			tg = f
+		case isFastudp(name):
+			f, err := h.fastudpTarget(name)
+			if err != nil {
+				return nil, nil, err
 			}
-			tg = target.Fastudp{Bin: h.o.Bin, Shards: shards, Metrics: true, Label: name, Args: h.o.FastudpArgs}
+			tg = f
 		default:
-			return nil, nil, fmt.Errorf("bench: unknown target %q (have fastudp, fastudp-N, fastudp-dns, fastudp-dns-N, floor, nginx, dnsdist, socat, direct)", name)
+			return nil, nil, fmt.Errorf("bench: unknown target %q (have fastudp, fastudp-N, fastudp-dns, fastudp-dns-N, each also with -nogso, floor, nginx, dnsdist, socat, direct)", name)
 		}
 		if c, ok := tg.(target.Checker); ok {
 			if err := c.Check(); err != nil {
@@ -376,6 +371,36 @@ func (h *harness) targets() ([]target.Target, []string, error) {
 		return nil, skipped, fmt.Errorf("bench: no target to run (skipped: %s)", strings.Join(skipped, "; "))
 	}
 	return out, skipped, nil
+}
+
+// noGSOSuffix turns a fastudp target's GRO and GSO off.
+const noGSOSuffix = "-nogso"
+
+// fastudpTarget builds fastudp, fastudp-N, fastudp-dns or fastudp-dns-N.
+func (h *harness) fastudpTarget(name string) (target.Fastudp, error) {
+	switch {
+	case name == "fastudp-dns" || strings.HasPrefix(name, "fastudp-dns-"):
+		shards := 1
+		if s, ok := strings.CutPrefix(name, "fastudp-dns-"); ok {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > 256 {
+				return target.Fastudp{}, fmt.Errorf("bench: target %q: want fastudp-dns or fastudp-dns-N, N shards", name)
+			}
+			shards = n
+		}
+		args := append(append([]string{}, h.o.FastudpArgs...), "--mode", "dns")
+		return target.Fastudp{Bin: h.o.Bin, Shards: shards, Metrics: true, Label: name, Args: args}, nil
+	default:
+		shards := 1
+		if s, ok := strings.CutPrefix(name, "fastudp-"); ok {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > 256 {
+				return target.Fastudp{}, fmt.Errorf("bench: target %q: want fastudp or fastudp-N, N shards (each also with %s)", name, noGSOSuffix)
+			}
+			shards = n
+		}
+		return target.Fastudp{Bin: h.o.Bin, Shards: shards, Metrics: true, Label: name, Args: h.o.FastudpArgs}, nil
+	}
 }
 
 // floorTarget is the floor: the opaque relay, or the DNS forwarder for DNS

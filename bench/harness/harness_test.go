@@ -131,28 +131,29 @@ func TestRunDirect(t *testing.T) {
 	dir := t.TempDir()
 	var out, prog bytes.Buffer
 	res, err := Run(context.Background(), Options{
-		Scenarios: []string{"small-pps", "dns-qps", "bulk-gso", "latency"}, Targets: []string{"direct"},
+		Scenarios: []string{"small-pps", "dns-qps", "bulk-gso", "bulk-gro", "latency"}, Targets: []string{"direct"},
 		Duration: 200 * time.Millisecond, Warmup: 50 * time.Millisecond, Drain: 300 * time.Millisecond, Runs: 1,
 		Rate: 2000, OutDir: dir, Bin: "/nonexistent", PeersDir: t.TempDir(), Stdout: &out, Progress: &prog,
 	})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, prog.String())
 	}
-	if len(res.Measurements) != 4 {
+	if len(res.Measurements) != 5 {
 		t.Fatalf("%d measurements", len(res.Measurements))
 	}
 	for _, m := range res.Measurements {
 		if m.Err != "" || m.Loss > 0.01 || m.Completed == 0 {
 			t.Errorf("%+v", m)
 		}
-		if m.Scenario == "bulk-gso" && (m.Replies != 32*m.Completed || m.BytesSec == 0) {
+		if (m.Scenario == "bulk-gso" || m.Scenario == "bulk-gro") && (m.Replies != 32*m.Completed || m.BytesSec == 0 ||
+			m.Extra["harness_cpu_us_per_mb"] <= 0) {
 			t.Errorf("bulk: %+v", m)
 		}
 		if m.Scenario == "latency" && m.Extra["offered_rate"] <= 0 {
 			t.Errorf("latency: %+v", m)
 		}
 	}
-	if strings.Count(prog.String(), "\n") != 4 || !strings.Contains(out.String(), "| direct |") {
+	if strings.Count(prog.String(), "\n") != 5 || !strings.Contains(out.String(), "| direct |") {
 		t.Errorf("progress:\n%s\nreport:\n%s", prog.String(), out.String())
 	}
 	for _, f := range []string{"report.md", "results.json"} {
@@ -189,6 +190,40 @@ func TestMissingPeer(t *testing.T) {
 	h.o.Targets = []string{"haproxy"}
 	if _, _, err := h.targets(); err == nil {
 		t.Error("accepted an unknown target")
+	}
+}
+
+// TestNoGSOTargets checks the -nogso targets: the same fastudp with GRO
+// and GSO turned off.
+func TestNoGSOTargets(t *testing.T) {
+	o := Options{Targets: []string{"fastudp", "fastudp-nogso", "fastudp-2-nogso", "fastudp-dns-nogso"}, Bin: "x",
+		FastudpArgs: []string{"--lb", "rr"}}
+	if err := o.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{o: o}
+	tgs, _, err := h.targets()
+	if err != nil || len(tgs) != 4 {
+		t.Fatalf("%v, %v", tgs, err)
+	}
+	for i, want := range []struct {
+		shards int
+		args   string
+	}{{1, "--lb rr"}, {1, "--lb rr --gro=false --gso=false"}, {2, "--lb rr --gro=false --gso=false"},
+		{1, "--lb rr --mode dns --gro=false --gso=false"}} {
+		f := tgs[i].(target.Fastudp)
+		if f.Name() != o.Targets[i] || f.Shards != want.shards || strings.Join(f.Args, " ") != want.args {
+			t.Errorf("%s: %+v", o.Targets[i], f)
+		}
+	}
+	if !dnsOnly("fastudp-dns-nogso") || dnsOnly("fastudp-nogso") || !isFastudp("fastudp-nogso") {
+		t.Error("target classes")
+	}
+	for _, bad := range []string{"fastudp-x-nogso", "fastudp-0-nogso", "fastudp-nogso-nogso"} {
+		h.o.Targets = []string{bad}
+		if _, _, err := h.targets(); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
 	}
 }
 

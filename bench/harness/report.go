@@ -91,8 +91,10 @@ type extraCol struct {
 }
 
 var extraCols = map[string][]extraCol{
-	"bulk-gso": {{"MB/s", "", "%.1f", 0}},
-	"latency":  {{"max req/s", "max_rate", "%.0f", 1}, {"offered req/s", "offered_rate", "%.0f", 1}},
+	"bulk-gso":  bulkCols,
+	"bulk-gro":  bulkCols,
+	"quic-bulk": bulkCols,
+	"latency":   {{"max req/s", "max_rate", "%.0f", 1}, {"offered req/s", "offered_rate", "%.0f", 1}},
 	"many-flows": {{"flows live", "flows", "%.0f", 1}, {"RSS B/flow", "rss_bytes_per_flow", "%.0f", 1},
 		{"RSS MiB/100k flows", "rss_mib_per_100k", "%.1f", 1}, {"kernel UDP memory MiB/100k (sockstat)", "kernel_mib_per_100k", "%.1f", 1},
 		{"UDP sockets/flow", "udp_sockets_per_flow", "%.2f", 1}, {"CPU µs/new flow", "cpu_us_per_new_flow", "%.1f", 1},
@@ -102,6 +104,55 @@ var extraCols = map[string][]extraCol{
 	"dnsperf": {{"CPU µs/query", "cpu_us_per_query", "%.2f", 1}, {"dnsperf CPU µs/query", "dnsperf_us_per_query", "%.2f", 1},
 		{"knot CPU µs/query", "knot_us_per_query", "%.2f", 1}, {"avg latency µs", "avg_latency_us", "%.0f", 1},
 		{"answers not NOERROR", "not_noerror", "%.0f", 1}},
+}
+
+// bulkCols are the bulk scenarios' columns: per MB of reply payload.
+var bulkCols = []extraCol{{"MB/s", "", "%.1f", 0}, {"proxy CPU µs/MB", "cpu_us_per_mb", "%.0f", 1},
+	{"harness CPU µs/MB", "harness_cpu_us_per_mb", "%.0f", 1}, {"syscalls/MB", "syscalls_per_mb", "%.1f", 1},
+	{"recvmmsg/MB", "recvmmsg_per_mb", "%.1f", 1}, {"sendmmsg/MB", "sendmmsg_per_mb", "%.1f", 1},
+	{"GSO sends/MB", "gso_sends_per_mb", "%.1f", 1}}
+
+// bulkScenarios get a table of throughput ratios.
+var bulkScenarios = map[string]bool{"bulk-gso": true, "bulk-gro": true, "quic-bulk": true}
+
+// bytesRatios writes, for a bulk scenario, each target's bytes/s over
+// direct's and each fastudp target's over its -nogso twin, as medians of
+// per-run ratios (the targets of a run are measured back to back).
+func bytesRatios(b *strings.Builder, t *table, sc string) {
+	ratio := func(a, c string) (float64, bool) {
+		var xs []float64
+		for run, ma := range t.byRun[[2]string{sc, a}] {
+			if mc, ok := t.byRun[[2]string{sc, c}][run]; ok && mc.BytesSec > 0 {
+				xs = append(xs, ma.BytesSec/mc.BytesSec)
+			}
+		}
+		if len(xs) == 0 {
+			return 0, false
+		}
+		return summarize(xs).med, true
+	}
+	var rows []string
+	for _, tg := range t.targets {
+		if tg == "direct" || len(t.by[[2]string{sc, tg}]) == 0 {
+			continue
+		}
+		d, dok := ratio(tg, "direct")
+		off, ook := ratio(tg, tg+noGSOSuffix)
+		if !dok && !ook {
+			continue
+		}
+		f := func(v float64, ok bool) string {
+			if !ok {
+				return "—"
+			}
+			return fmt.Sprintf("%.2f", v)
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s |", tg, f(d, dok), f(off, ook)))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "Bytes/s ratios (median of per-run ratios):\n\n| target | ÷ direct | ÷ same with GRO and GSO off (-nogso) |\n|---|---:|---:|\n%s\n\n", strings.Join(rows, "\n"))
 }
 
 // peers are the targets fastudp is compared with, in ratio columns.
@@ -246,6 +297,9 @@ func markdown(res *Result) string {
 		}
 		if s == "dnsperf" {
 			dnsperfReport(&b, t)
+		}
+		if bulkScenarios[s] {
+			bytesRatios(&b, t, s)
 		}
 	}
 	var failed []string

@@ -38,6 +38,10 @@ func fastudpGeneric(name string) bool { return isFastudp(name) && !dnsOnly(name)
 
 func all(string) bool { return true }
 
+// quicTargets are those that relay any UDP on a long-lived flow: not the
+// DNS-only ones, and not socat (a fork per client).
+func quicTargets(name string) bool { return name != "socat" && !dnsOnly(name) }
+
 // churnTargets leaves out socat (a fork per new client) and the DNS-only
 // targets.
 func churnTargets(name string) bool { return name != "socat" && !dnsOnly(name) }
@@ -67,12 +71,34 @@ var scenarios = []*scenario{
 	},
 	{
 		name: "bulk-gso", title: "Bulk: each request answered with 32 × 1200 B (one GSO send)",
-		about:   "closed loop, 8 client sockets with one 64-byte request in flight each; the blaster answers each with a run of 32 datagrams of 1200 bytes sent as one UDP GSO message; bytes/s is reply payload",
+		about:   "closed loop, 8 client sockets with one 64-byte request in flight each; the blaster answers each with a run of 32 datagrams of 1200 bytes sent as one UDP GSO message; the client reads without GRO (see bulk-gro); bytes/s is reply payload; proxy and harness CPU per MB of reply payload, fastudp's recvmmsg + sendmmsg calls per MB (from its metrics)",
 		applies: notDNSOnly,
 		measure: func(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
 			return h.simple(ctx, tg, h.blaster, target.Mode{}, loadgen.Config{
 				Conns: 8, Size: 64, ReplyDatagrams: 32, RecvBuffer: 8 << 20})
 		},
+	},
+	{
+		name: "bulk-gro", title: "Bulk, client reading with GRO: each request answered with 32 × 1200 B (one GSO send)",
+		about: "bulk-gso with the client's sockets reading with UDP_GRO, as a bulk client (a QUIC stack) does: a run that the proxy (or the backend, direct) " +
+			"forwards as one GSO send reaches the client as one message instead of being segmented for it, so the load generator's per-datagram cost, " +
+			"which bounds bulk-gso on a small machine, drops and the proxy's own cost shows; proxy and harness CPU per MB of reply payload, " +
+			"fastudp's recvmmsg + sendmmsg calls per MB (from its metrics)",
+		applies: notDNSOnly,
+		measure: func(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
+			return h.simple(ctx, tg, h.blaster, target.Mode{}, loadgen.Config{
+				Conns: 8, Size: 64, ReplyDatagrams: 32, RecvBuffer: 8 << 20, GRO: true})
+		},
+	},
+	{
+		name: "quic-bulk", title: "QUIC bulk: quic-go transfers of 16 MB through the target",
+		about: "a quic-go server in the harness (self-signed certificate made at start) sends 16 MiB on every stream its quic-go client opens, " +
+			"2 streams in flight on one connection, repeated for the window; both ends send with UDP GSO and read with UDP_GRO where the kernel allows, " +
+			"flow-control windows up to 32 MiB per stream; proxies keep the flow (responses 0). req/s is transfers per second, " +
+			"datagrams are QUIC packets as the client counts them (sent and received), loss is the server's packets declared lost ÷ sent, " +
+			"RTT p50 is the client's smoothed RTT at the end of the window; CPU per MB of stream payload",
+		applies: quicTargets,
+		measure: measureQUICBulk,
 	},
 	{
 		name: "flow-churn", title: "Flow churn: a new flow per request",
@@ -166,7 +192,14 @@ type snapshot struct {
 	metrics map[string]float64
 }
 
-var fastudpMetrics = []string{"go_memstats_mallocs_total", "fastudp_flows_created_total", "fastudp_flows_shed_total", "fastudp_flows_active"}
+var fastudpMetrics = []string{"go_memstats_mallocs_total", "fastudp_flows_created_total", "fastudp_flows_shed_total", "fastudp_flows_active",
+	"fastudp_shard_syscalls_total", "fastudp_gso_sends_total", "fastudp_gro_runs_total"}
+
+// Keys of the syscall counter by call (target.Scrape sums each label).
+const (
+	recvmmsgKey = `fastudp_shard_syscalls_total{call="recvmmsg"}`
+	sendmmsgKey = `fastudp_shard_syscalls_total{call="sendmmsg"}`
+)
 
 func (h *harness) snap(inst *target.Instance) (snapshot, error) {
 	s := snapshot{at: time.Now(), self: selfCPU(), idle: systemIdle()}
@@ -194,6 +227,33 @@ func fill(m *Measurement, inst *target.Instance, s0, s1 snapshot, datagrams uint
 		d := func(k string) float64 { return s1.metrics[k] - s0.metrics[k] }
 		m.set("mallocs_per_datagram", d("go_memstats_mallocs_total")/float64(datagrams))
 	}
+}
+
+// fillBulk sets the per-MB figures of a bulk measurement, MB being the
+// reply payload the client received in the window (m.BytesSec ×
+// m.Window; requests are under 0.2% of the bytes): the proxy's and the
+// harness's CPU, and fastudp's recvmmsg and sendmmsg calls (all shards,
+// both legs) from its metrics.
+func fillBulk(m *Measurement, s0, s1 snapshot) {
+	mb := m.BytesSec * m.Window / 1e6
+	if mb <= 0 {
+		return
+	}
+	if m.CPUus > 0 {
+		m.set("cpu_us_per_mb", m.CPUus/mb)
+	}
+	m.set("harness_cpu_us_per_mb", m.HarnessCPUus/mb)
+	if s0.metrics == nil || s1.metrics == nil {
+		return
+	}
+	d := func(k string) float64 { return s1.metrics[k] - s0.metrics[k] }
+	if _, ok := s1.metrics[recvmmsgKey]; ok {
+		m.set("recvmmsg_per_mb", d(recvmmsgKey)/mb)
+		m.set("sendmmsg_per_mb", d(sendmmsgKey)/mb)
+		m.set("syscalls_per_mb", (d(recvmmsgKey)+d(sendmmsgKey))/mb)
+	}
+	m.set("gso_sends_per_mb", d("fastudp_gso_sends_total")/mb)
+	m.set("gro_runs_per_mb", d("fastudp_gro_runs_total")/mb)
 }
 
 // otherBusy is the share of the machine's CPU between two snapshots that
@@ -284,6 +344,9 @@ func (h *harness) window(ctx context.Context, inst *target.Instance, cfg loadgen
 	m.P99 = float64(st.RTT.Quantile(0.99)) / 1e3
 	m.P999 = float64(st.RTT.Quantile(0.999)) / 1e3
 	fill(&m, inst, s0, s1, m.Datagrams)
+	if cfg.ReplyDatagrams > 1 {
+		fillBulk(&m, s0, s1)
+	}
 	if st.Received == 0 {
 		return m, errors.New("no replies in the window (100% loss)")
 	}

@@ -61,6 +61,11 @@ type Config struct {
 	Batch int
 	// RecvBuffer and SendBuffer size each socket's buffers (default 1 MiB).
 	RecvBuffer, SendBuffer int
+	// GRO reads replies with UDP_GRO, as a bulk client (a QUIC stack)
+	// does: a GSO run sent to the socket arrives as one message, which the
+	// generator splits into its segments. Without it the kernel segments
+	// every run before the socket, and the client pays per datagram.
+	GRO bool
 }
 
 // Stats are one phase's counters. Datagrams are attributed to the phase
@@ -126,8 +131,9 @@ type Generator struct {
 	recv, late    [MaxPhases]atomic.Uint64
 	done          [MaxPhases]atomic.Uint64
 	bytes         [MaxPhases]atomic.Uint64
-	invalid       atomic.Uint64 // replies without our header or of the wrong size
-	refused       atomic.Uint64 // ECONNREFUSED seen on receive
+	seg           batchio.Message // one segment of a GRO run, for the receiving goroutine
+	invalid       atomic.Uint64   // replies without our header or of the wrong size
+	refused       atomic.Uint64   // ECONNREFUSED seen on receive
 	hist          [MaxPhases]Hist
 	raw           [MaxPhases][]time.Duration
 
@@ -249,7 +255,7 @@ func (g *Generator) open(i int) error {
 		local = netip.AddrPortFrom(g.cfg.Sources[i%n], 0)
 	}
 	fd, err := batchio.DialUpstream(local, g.cfg.Target,
-		batchio.DialOptions{RecvBuffer: g.cfg.RecvBuffer, SendBuffer: g.cfg.SendBuffer})
+		batchio.DialOptions{RecvBuffer: g.cfg.RecvBuffer, SendBuffer: g.cfg.SendBuffer, GRO: g.cfg.GRO})
 	if err != nil {
 		return fmt.Errorf("loadgen: socket %d: %w", i, err)
 	}
@@ -473,6 +479,7 @@ func (g *Generator) openSender() {
 // recvAll drains socket c and calls f for each reply.
 func (g *Generator) recvAll(b *batchio.Batch, rx []batchio.Message, c int, f func(c int, m *batchio.Message, at int64)) {
 	fd := g.fds[c]
+	seg := &g.seg
 	for {
 		got, err := b.Recv(fd, rx)
 		if err != nil {
@@ -489,6 +496,14 @@ func (g *Generator) recvAll(b *batchio.Batch, rx []batchio.Message, c int, f fun
 			m := &rx[i]
 			if m.Flags != 0 {
 				g.invalid.Add(1)
+				continue
+			}
+			if ss := m.SegmentSize; ss > 0 && m.N > ss {
+				for off := 0; off < m.N; off += ss {
+					end := min(off+ss, m.N)
+					seg.Buf, seg.N = m.Buf[off:end], end-off
+					f(c, seg, at)
+				}
 				continue
 			}
 			f(c, m, at)
@@ -511,8 +526,12 @@ func (g *Generator) parseReply(c int, m *batchio.Message) (Header, bool) {
 
 func (g *Generator) rxBuffers(b *batchio.Batch) []batchio.Message {
 	rx := make([]batchio.Message, b.Size())
+	size := 2048
+	if g.cfg.GRO {
+		size = batchio.GROBufferSize
+	}
 	for i := range rx {
-		rx[i].Buf = make([]byte, 2048)
+		rx[i].Buf = make([]byte, size)
 	}
 	return rx
 }

@@ -153,7 +153,10 @@ func isTimeout(err error) bool {
 
 // Scrape fetches a Prometheus text endpoint and returns, for each metric
 // name asked for, the sum of its samples over all label sets. Names not
-// exposed are absent from the map.
+// exposed are absent from the map. For a sample with labels it also adds
+// the value under `name{label="value"}` for each of its labels, so
+// fastudp_shard_syscalls_total{call="sendmmsg"} is the sendmmsg calls of
+// all shards.
 func Scrape(url string, names ...string) (map[string]float64, error) {
 	want := make(map[string]bool, len(names))
 	for _, n := range names {
@@ -190,11 +193,13 @@ func parseMetrics(r io.Reader, want map[string]bool) (map[string]float64, error)
 		// The value follows the labels: the first field after the
 		// closing brace (an optional timestamp may follow it).
 		rest := line[len(name):]
+		var labels []string
 		if strings.HasPrefix(rest, "{") {
 			j := strings.LastIndexByte(rest, '}')
 			if j < 0 {
 				return nil, fmt.Errorf("metrics: bad line %q", line)
 			}
+			labels = splitLabels(rest[1:j])
 			rest = rest[j+1:]
 		}
 		f := strings.Fields(rest)
@@ -206,6 +211,35 @@ func parseMetrics(r io.Reader, want map[string]bool) (map[string]float64, error)
 			return nil, fmt.Errorf("metrics: %q: %w", line, err)
 		}
 		out[name] += v
+		for _, l := range labels {
+			out[name+"{"+l+"}"] += v
+		}
 	}
 	return out, sc.Err()
+}
+
+// splitLabels splits the inside of a label set, `a="x",b="y"`, into its
+// pairs `a="x"` and `b="y"` (commas inside quoted values kept).
+func splitLabels(s string) []string {
+	var out []string
+	start, quoted := 0, false
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case '"':
+			quoted = !quoted
+		case ',':
+			if !quoted {
+				if p := strings.TrimSpace(s[start:i]); p != "" {
+					out = append(out, p)
+				}
+				start = i + 1
+			}
+		}
+	}
+	if p := strings.TrimSpace(s[start:]); p != "" {
+		out = append(out, p)
+	}
+	return out
 }

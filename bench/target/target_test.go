@@ -27,8 +27,31 @@ go_gc_duration_seconds{quantile="0.5"} 1.5e-05
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got["go_memstats_mallocs_total"] != 12345 || got["fastudp_flows_created_total"] != 10 {
+	if got["go_memstats_mallocs_total"] != 12345 || got["fastudp_flows_created_total"] != 10 {
 		t.Errorf("got %v", got)
+	}
+	// Per label: sums over the other labels.
+	for k, want := range map[string]float64{
+		`fastudp_flows_created_total{cluster="default"}`:       7,
+		`fastudp_flows_created_total{cluster="x"}`:             3,
+		`fastudp_flows_created_total{listener="127.0.0.1:53"}`: 7,
+		`fastudp_flows_created_total{listener="a } b"}`:        3,
+	} {
+		if got[k] != want {
+			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], want, got)
+		}
+	}
+	if len(got) != 6 {
+		t.Errorf("%d keys, want 6: %v", len(got), got)
+	}
+	sum, err := parseMetrics(strings.NewReader(`s{shard="0",call="recvmmsg"} 5
+s{shard="1",call="recvmmsg"} 6
+s{shard="0",call="sendmmsg"} 2
+s{shard="0",call="a,b"} 1
+`), map[string]bool{"s": true})
+	if err != nil || sum["s"] != 14 || sum[`s{call="recvmmsg"}`] != 11 || sum[`s{call="sendmmsg"}`] != 2 ||
+		sum[`s{shard="0"}`] != 8 || sum[`s{call="a,b"}`] != 1 {
+		t.Errorf("got %v, %v", sum, err)
 	}
 	if _, err := parseMetrics(strings.NewReader("x{a=\"b\" 1\n"), map[string]bool{"x": true}); err == nil {
 		t.Error("accepted an unclosed label set")

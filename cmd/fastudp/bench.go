@@ -30,6 +30,9 @@ Scenarios (default: all):
   small-pps       64-byte datagrams on established flows, open loop at --rate
   dns-qps         DNS queries, closed loop, a new flow per query
   bulk-gso        each request answered with 32 × 1200 B in one GSO send
+  bulk-gro        bulk-gso with the client reading with UDP_GRO
+  quic-bulk       quic-go transfers of 16 MiB through the target (in-process
+                  server and client, both with GSO/GRO)
   flow-churn      a new client socket (source port) per request
   latency         round-trip percentiles at 50% of each target's maximum
   many-flows      RSS per 100k flows (fastudp only)
@@ -39,7 +42,8 @@ Scenarios (default: all):
                   fastudp bench dnsperf --targets fastudp-dns,fastudp,dnsdist,nginx,floor,direct
 
 Targets: fastudp (1 shard), fastudp-N (N shards), fastudp-dns and
-fastudp-dns-N (fastudp run --mode dns; DNS scenarios only), floor (minimal
+fastudp-dns-N (fastudp run --mode dns; DNS scenarios only), each also with
+-nogso (--gro=false --gso=false, e.g. fastudp-nogso), floor (minimal
 recvmmsg/sendmmsg forwarders), nginx, dnsdist, socat, direct (no proxy).
 Peers come from apt (nginx libnginx-mod-stream dnsdist socat knot dnsperf);
 a missing one is skipped with a note, or is an error when CI=true.
