@@ -91,6 +91,7 @@ type extraCol struct {
 }
 
 var extraCols = map[string][]extraCol{
+	"dns-qps":   {{"recvmmsg/1k datagrams", "recvmmsg_per_1k_datagrams", "%.1f", 1}, {"sendmmsg/1k datagrams", "sendmmsg_per_1k_datagrams", "%.1f", 1}},
 	"bulk-gso":  bulkCols,
 	"bulk-gro":  bulkCols,
 	"quic-bulk": bulkCols,

@@ -226,6 +226,10 @@ func fill(m *Measurement, inst *target.Instance, s0, s1 snapshot, datagrams uint
 	if s0.metrics != nil && s1.metrics != nil && datagrams > 0 {
 		d := func(k string) float64 { return s1.metrics[k] - s0.metrics[k] }
 		m.set("mallocs_per_datagram", d("go_memstats_mallocs_total")/float64(datagrams))
+		if _, ok := s1.metrics[recvmmsgKey]; ok {
+			m.set("recvmmsg_per_1k_datagrams", 1000*d(recvmmsgKey)/float64(datagrams))
+			m.set("sendmmsg_per_1k_datagrams", 1000*d(sendmmsgKey)/float64(datagrams))
+		}
 	}
 }
 
