@@ -56,6 +56,9 @@ type Options struct {
 	// Rate is small-pps's open-loop rate in requests per second (default
 	// 25000; each is 2 datagrams through the proxy).
 	Rate float64
+	// BulkConns is the bulk-gso and bulk-gro client sockets, each with one
+	// request in flight (default 8).
+	BulkConns int
 	// Flows is many-flows's flow count (default 100000).
 	Flows int
 	// FloodRate is new-flow-flood's rate of new flows per second (default
@@ -113,6 +116,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Rate == 0 {
 		o.Rate = 25000
+	}
+	if o.BulkConns == 0 {
+		o.BulkConns = 8
 	}
 	if o.Flows == 0 {
 		o.Flows = 100000

@@ -71,11 +71,11 @@ var scenarios = []*scenario{
 	},
 	{
 		name: "bulk-gso", title: "Bulk: each request answered with 32 × 1200 B (one GSO send)",
-		about:   "closed loop, 8 client sockets with one 64-byte request in flight each; the blaster answers each with a run of 32 datagrams of 1200 bytes sent as one UDP GSO message; the client reads without GRO (see bulk-gro); bytes/s is reply payload; proxy and harness CPU per MB of reply payload, fastudp's recvmmsg + sendmmsg calls per MB (from its metrics)",
+		about:   "closed loop, --bulk-conns client sockets (default 8) with one 64-byte request in flight each; the blaster answers each with a run of 32 datagrams of 1200 bytes sent as one UDP GSO message; the client reads without GRO (see bulk-gro); bytes/s is reply payload; proxy and harness CPU per MB of reply payload, fastudp's recvmmsg + sendmmsg calls per MB (from its metrics)",
 		applies: notDNSOnly,
 		measure: func(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
 			return h.simple(ctx, tg, h.blaster, target.Mode{}, loadgen.Config{
-				Conns: 8, Size: 64, ReplyDatagrams: 32, RecvBuffer: 8 << 20})
+				Conns: h.o.BulkConns, Size: 64, ReplyDatagrams: 32, RecvBuffer: 8 << 20})
 		},
 	},
 	{
@@ -87,7 +87,7 @@ var scenarios = []*scenario{
 		applies: notDNSOnly,
 		measure: func(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
 			return h.simple(ctx, tg, h.blaster, target.Mode{}, loadgen.Config{
-				Conns: 8, Size: 64, ReplyDatagrams: 32, RecvBuffer: 8 << 20, GRO: true})
+				Conns: h.o.BulkConns, Size: 64, ReplyDatagrams: 32, RecvBuffer: 8 << 20, GRO: true})
 		},
 	},
 	{

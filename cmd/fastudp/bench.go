@@ -73,6 +73,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.Runs, "runs", 3, "repetitions, interleaved; the report gives medians")
 	fs.StringVar(&o.OutDir, "out", "bench-out", "write report.md, results.json and the charts to `DIR` (\"\" for none)")
 	fs.Float64Var(&o.Rate, "rate", 25000, "small-pps: requests per second (open loop)")
+	fs.IntVar(&o.BulkConns, "bulk-conns", 8, "bulk-gso, bulk-gro: client sockets, one request in flight each")
 	fs.IntVar(&o.Flows, "flows", 100000, "many-flows: flows to open")
 	fs.Float64Var(&o.FloodRate, "flood-rate", 50000, "new-flow-flood: new flows per second")
 	fs.IntVar(&o.FloodMaxFlows, "flood-max-flows", 1000, "new-flow-flood: fastudp's --max-flows")
