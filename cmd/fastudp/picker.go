@@ -342,18 +342,7 @@ func (p *clusterPicker) addBackendAs(ci int, name string, addr netip.AddrPort, w
 // removeBackend takes a backend out of cluster ci: no new flow goes to it;
 // its live flows continue until they end.
 func (p *clusterPicker) removeBackend(ci int, addr netip.AddrPort) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	id := p.findLocked(ci, addr)
-	if id < 0 {
-		return fmt.Errorf("%w: %v is not a backend of cluster %q", errNotFound, addr, p.names[ci])
-	}
-	p.refs[id].removed = true
-	if err := p.applyLocked(ci); err != nil {
-		p.refs[id].removed = false
-		return err
-	}
-	return nil
+	return p.changeBackend(ci, addr, func(r *backendRef) { r.removed = true })
 }
 
 // setWeight changes a backend's weight (new flows only).
@@ -361,34 +350,28 @@ func (p *clusterPicker) setWeight(ci int, addr netip.AddrPort, weight int) error
 	if weight < 1 || weight > config.MaxWeight {
 		return fmt.Errorf("%w: weight %d is outside 1..%d", errInvalid, weight, config.MaxWeight)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	id := p.findLocked(ci, addr)
-	if id < 0 {
-		return fmt.Errorf("%w: %v is not a backend of cluster %q", errNotFound, addr, p.names[ci])
-	}
-	old := p.refs[id].weight
-	p.refs[id].weight = weight
-	if err := p.applyLocked(ci); err != nil {
-		p.refs[id].weight = old
-		return err
-	}
-	return nil
+	return p.changeBackend(ci, addr, func(r *backendRef) { r.weight = weight })
 }
 
 // setBackup moves a backend to the backup tier (on) or the primaries (new
 // flows only).
 func (p *clusterPicker) setBackup(ci int, addr netip.AddrPort, on bool) error {
+	return p.changeBackend(ci, addr, func(r *backendRef) { r.backup = on })
+}
+
+// changeBackend applies change to backend addr of cluster ci and publishes
+// the cluster's new table; if the table cannot be built the change is undone.
+func (p *clusterPicker) changeBackend(ci int, addr netip.AddrPort, change func(*backendRef)) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	id := p.findLocked(ci, addr)
 	if id < 0 {
 		return fmt.Errorf("%w: %v is not a backend of cluster %q", errNotFound, addr, p.names[ci])
 	}
-	old := p.refs[id].backup
-	p.refs[id].backup = on
+	old := p.refs[id]
+	change(&p.refs[id])
 	if err := p.applyLocked(ci); err != nil {
-		p.refs[id].backup = old
+		p.refs[id] = old
 		return err
 	}
 	return nil
