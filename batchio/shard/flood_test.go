@@ -1,0 +1,113 @@
+package shard
+
+import (
+	"testing"
+	"time"
+
+	"github.com/fastudp/fastudp/batchio"
+	"github.com/fastudp/fastudp/bench/loadgen"
+	"github.com/fastudp/fastudp/core"
+)
+
+// TestE2ENewFlowFlood floods a shard whose max_flows is small with
+// datagrams from ever-new (address, port) pairs across 127.0.0.0/8, far
+// more new flows than max_flows but far below what a shard can shed, while
+// 20 established flows do request/echo through it. The established flows
+// must lose nothing, and every flood datagram must be accounted for: it
+// either opened one of the few free flow slots or was shed (drop reason
+// shed), none lost in the kernel.
+func TestE2ENewFlowFlood(t *testing.T) {
+	t.Parallel()
+	const (
+		maxFlows = 64
+		live     = 20
+		liveRate = 1000 // requests per second, all live flows together
+	)
+	floodRate, floodFor := 5000.0, 3*time.Second
+	if raceEnabled() {
+		floodRate = 2000 // the race detector makes every datagram ~10x dearer
+	}
+	echo, err := loadgen.StartEcho(loadgen.EchoConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echo.Close() })
+	o := oneListener("127.0.0.1:0", core.ClusterConfig{FrontTimeout: time.Minute, BackTimeout: time.Minute},
+		fixedPicker{{ID: 0, Addr: echo.Addr()}})
+	o.Core.MaxFlows = maxFlows
+	o.Listen = batchio.ListenOptions{RecvBuffer: 4 << 20}
+	g := startGroup(t, o)
+
+	// The live flows: phase 0 establishes them, phase 1 is measured.
+	gen, err := loadgen.New(loadgen.Config{Target: g.addr(), Conns: live, Size: 64, Rate: liveRate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gen.Close() })
+	gen.Start()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			gen.Stop(0)
+		}
+	})
+	waitValue(t, "live flows created", func() uint64 { return g.listener(ListenerFlowsCreated) }, live)
+
+	count := uint64(floodRate * floodFor.Seconds())
+	sp, err := loadgen.NewSprayer(loadgen.SprayConfig{Target: g.addr(), Sockets: 64,
+		Sources: loadgen.LoopbackSources(4096), Rate: floodRate, Count: count})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	if uint64(sp.Flows()) < count {
+		t.Fatalf("sprayer has %d distinct sources, need %d", sp.Flows(), count)
+	}
+	created0, shed0 := g.listener(ListenerFlowsCreated), g.drop(core.DropShed)
+	kernel0 := g.listener(ListenerKernelDrops)
+	gen.SetPhase(1)
+	sp.SetPhase(1)
+	sp.Start()
+	select {
+	case <-sp.Done():
+	case <-time.After(floodFor + waitTimeout):
+		t.Fatal("the sprayer did not finish sending")
+	}
+	sp.Stop(time.Second)
+	gen.SetPhase(2)
+	time.Sleep(100 * time.Millisecond) // phase 2 traffic proves the live flows still answer after the flood
+	gen.Stop(2 * time.Second)
+	stopped = true
+
+	fl := sp.Stats(1)
+	if fl.Sent != count || fl.SendErrors != 0 {
+		t.Fatalf("flood sent %d (%d errors), want %d", fl.Sent, fl.SendErrors, count)
+	}
+	// Every flood datagram either opened a flow (up to max_flows) or was
+	// shed: wait for the shard to have read them all.
+	created := func() uint64 { return g.listener(ListenerFlowsCreated) - created0 }
+	shed := func() uint64 { return g.drop(core.DropShed) - shed0 }
+	waitUntil(t, waitTimeout, "every flood datagram to be admitted or shed", func() bool { return created()+shed() >= count })
+	if c, s := created(), shed(); c+s != count || c > maxFlows-live {
+		t.Errorf("flood of %d: %d new flows, %d shed; want at most %d new flows and the rest shed", count, c, s, maxFlows-live)
+	}
+	if fl.Received != created() {
+		t.Errorf("flood got %d replies, want one per admitted flood flow (%d)", fl.Received, created())
+	}
+	if k := g.listener(ListenerKernelDrops) - kernel0; k != 0 {
+		t.Errorf("the kernel dropped %d datagrams on the listener's receive queue", k)
+	}
+	for p := 1; p <= 2; p++ {
+		st := gen.Stats(p)
+		if st.Sent == 0 || st.SendErrors != 0 || st.Received != st.Sent {
+			t.Errorf("live flows, phase %d: sent %d (%d errors), %d answered; want every one answered", p, st.Sent, st.SendErrors, st.Received)
+		}
+		if p == 1 {
+			t.Logf("live flows during a flood of %.0f new flows/s: %d requests, RTT p50 %v p99 %v max %v; flood: %d sent, %d shed, %d admitted",
+				floodRate, st.Sent, st.RTT.Quantile(0.5), st.RTT.Quantile(0.99), st.RTT.Max(), fl.Sent, shed(), created())
+		}
+	}
+	if v := g.listener(ListenerFlowsCreated); v > maxFlows {
+		t.Errorf("%d flows created, more than max_flows %d (no flow closed)", v, maxFlows)
+	}
+}
