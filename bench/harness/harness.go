@@ -65,6 +65,9 @@ type Options struct {
 	// 50000) and FloodMaxFlows fastudp's max_flows in it (default 1000).
 	FloodRate     float64
 	FloodMaxFlows int
+	// FloodRates are the rates of the shed-capacity sweep: scenario "flood"
+	// runs flood-<rate> for each (default [DefaultFloodRates]).
+	FloodRates []float64
 	// FastudpArgs are extra `fastudp run` flags for the fastudp targets
 	// (modes such as --affinity ip-port or --proxy-protocol every).
 	FastudpArgs []string
@@ -86,6 +89,7 @@ func scenarioNames() string {
 	for _, s := range scenarios {
 		n = append(n, s.name)
 	}
+	n = append(n, floodScenarioName+" (flood-<rate>)")
 	return strings.Join(n, ", ")
 }
 
@@ -129,6 +133,10 @@ func (o *Options) defaults() error {
 	if o.FloodMaxFlows == 0 {
 		o.FloodMaxFlows = 1000
 	}
+	if len(o.FloodRates) == 0 {
+		o.FloodRates = DefaultFloodRates
+	}
+	o.Scenarios = expandFlood(o.Scenarios, o.FloodRates)
 	if o.Stdout == nil {
 		o.Stdout = io.Discard
 	}
@@ -343,6 +351,22 @@ func (h *harness) targets() ([]target.Target, []string, error) {
 			tg = target.Dnsdist{Script: filepath.Join(h.o.PeersDir, "start-dnsdist.sh")}
 		case name == "socat":
 			tg = target.Socat{Idle: 2}
+		case isFastudp(name) && strings.Contains(name, "@"):
+			// fastudp[-N]@PATH: the same target run from the binary at
+			// PATH, to compare two builds in one interleaved run.
+			base, bin, _ := strings.Cut(name, "@")
+			if bin == "" || strings.Contains(base, noGSOSuffix) {
+				return nil, nil, fmt.Errorf("bench: target %q: want fastudp[-N]@PATH", name)
+			}
+			if _, err := os.Stat(bin); err != nil {
+				return nil, nil, fmt.Errorf("bench: target %q: %w", name, err)
+			}
+			f, err := h.fastudpTarget(base)
+			if err != nil {
+				return nil, nil, err
+			}
+			f.Bin, f.Label = bin, name
+			tg = f
 		case isFastudp(name) && strings.HasSuffix(name, noGSOSuffix):
 			// fastudp[-dns][-N]-nogso: the same target with GRO and GSO
 			// off, to measure both in one interleaved run.
@@ -360,7 +384,7 @@ func (h *harness) targets() ([]target.Target, []string, error) {
 			}
 			tg = f
 		default:
-			return nil, nil, fmt.Errorf("bench: unknown target %q (have fastudp, fastudp-N, fastudp-dns, fastudp-dns-N, each also with -nogso, floor, nginx, dnsdist, socat, direct)", name)
+			return nil, nil, fmt.Errorf("bench: unknown target %q (have fastudp, fastudp-N, fastudp-dns, fastudp-dns-N, each also with -nogso or @PATH, floor, nginx, dnsdist, socat, direct)", name)
 		}
 		if c, ok := tg.(target.Checker); ok {
 			if err := c.Check(); err != nil {

@@ -250,6 +250,9 @@ func markdown(res *Result) string {
 		sc := findScenario(s)
 		p("### %s (`%s`)\n\n%s.\n\n", sc.title, s, capitalize(sc.about))
 		cols := extraCols[s]
+		if _, ok := parseFloodName(s); ok {
+			cols = floodCols
+		}
 		p("| target | req/s | loss %% | CPU µs/datagram (min–max) | RTT p50 / p99 / p99.9 µs |")
 		for _, c := range cols {
 			p(" %s |", c.head)

@@ -24,7 +24,10 @@ type scenario struct {
 	measure func(ctx context.Context, h *harness, tg target.Target) (Measurement, error)
 }
 
-func isFastudp(name string) bool { return name == "fastudp" || strings.HasPrefix(name, "fastudp-") }
+func isFastudp(name string) bool {
+	name, _, _ = strings.Cut(name, "@") // fastudp@BIN: another binary (see harness.targets)
+	return name == "fastudp" || strings.HasPrefix(name, "fastudp-")
+}
 
 // dnsOnly reports whether a target forwards DNS only: dnsdist, and fastudp
 // in its DNS mode (fastudp-dns, fastudp-dns-N).
@@ -145,6 +148,9 @@ func findScenario(name string) *scenario {
 			return s
 		}
 	}
+	if rate, ok := parseFloodName(name); ok {
+		return floodScenario(rate)
+	}
 	return nil
 }
 
@@ -193,7 +199,8 @@ type snapshot struct {
 }
 
 var fastudpMetrics = []string{"go_memstats_mallocs_total", "fastudp_flows_created_total", "fastudp_flows_shed_total", "fastudp_flows_active",
-	"fastudp_shard_syscalls_total", "fastudp_gso_sends_total", "fastudp_gro_runs_total"}
+	"fastudp_shard_syscalls_total", "fastudp_gso_sends_total", "fastudp_gro_runs_total",
+	"fastudp_listener_rx_datagrams_total", "fastudp_listener_tx_datagrams_total", "fastudp_kernel_drops_total"}
 
 // Keys of the syscall counter by call (target.Scrape sums each label).
 const (

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -37,13 +38,18 @@ Scenarios (default: all):
   latency         round-trip percentiles at 50% of each target's maximum
   many-flows      RSS per 100k flows (fastudp only)
   new-flow-flood  new flows at --flood-rate against a small max_flows (fastudp only)
+  flood           shed capacity: one scenario per rate of --flood-rates
+                  (flood-0, flood-25k, ...), each a flood of new flows against
+                  a max_flows already full; not in the default set
   dnsperf         dnsperf -> target -> knot (issue 5): qps, loss and CPU per
                   query; not in the default set (needs dnsperf and knot), e.g.
                   fastudp bench dnsperf --targets fastudp-dns,fastudp,dnsdist,nginx,floor,direct
 
 Targets: fastudp (1 shard), fastudp-N (N shards), fastudp-dns and
 fastudp-dns-N (fastudp run --mode dns; DNS scenarios only), each also with
--nogso (--gro=false --gso=false, e.g. fastudp-nogso), floor (minimal
+-nogso (--gro=false --gso=false, e.g. fastudp-nogso) or @PATH (the fastudp
+binary at PATH, e.g. fastudp@/tmp/fastudp-main, to compare two builds in
+one interleaved run), floor (minimal
 recvmmsg/sendmmsg forwarders), nginx, dnsdist, socat, direct (no proxy).
 Peers come from apt (nginx libnginx-mod-stream dnsdist socat knot dnsperf);
 a missing one is skipped with a note, or is an error when CI=true.
@@ -76,7 +82,8 @@ func benchCommand(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.BulkConns, "bulk-conns", 8, "bulk-gso, bulk-gro: client sockets, one request in flight each")
 	fs.IntVar(&o.Flows, "flows", 100000, "many-flows: flows to open")
 	fs.Float64Var(&o.FloodRate, "flood-rate", 50000, "new-flow-flood: new flows per second")
-	fs.IntVar(&o.FloodMaxFlows, "flood-max-flows", 1000, "new-flow-flood: fastudp's --max-flows")
+	fs.IntVar(&o.FloodMaxFlows, "flood-max-flows", 1000, "new-flow-flood, flood: fastudp's --max-flows")
+	floodRates := fs.String("flood-rates", "0,25000,50000,100000,200000", "flood: comma-separated `RATES` of new flows per second, one scenario each")
 	fs.StringVar(&o.DNSBackend, "dns-backend", "responder", "dns-qps backend: responder (built in) or knot")
 	fs.StringVar(&o.PeersDir, "peers", "", "`DIR` with the peers' start scripts and queries.txt (default ../shared/peers, then /work/shared/peers)")
 	fastudpArgs := fs.String("fastudp-args", "", "extra `FLAGS` for the fastudp targets' `fastudp run`, space-separated (e.g. \"--affinity ip-port\")")
@@ -109,6 +116,13 @@ func benchCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	o.Targets = strings.Split(*targets, ",")
 	o.FastudpArgs = strings.Fields(*fastudpArgs)
+	for _, r := range strings.Split(*floodRates, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(r), 64)
+		if err != nil || v < 0 || v > 1e7 {
+			return &exitError{code: 2, err: fmt.Errorf("bench: --flood-rates: %q is not a rate between 0 and 1e7", r)}
+		}
+		o.FloodRates = append(o.FloodRates, v)
+	}
 	if o.Bin == "" {
 		exe, err := os.Executable()
 		if err != nil {
