@@ -1,6 +1,8 @@
 package shard
 
 import (
+	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -110,4 +112,108 @@ func TestE2ENewFlowFlood(t *testing.T) {
 	if v := g.listener(ListenerFlowsCreated); v > maxFlows {
 		t.Errorf("%d flows created, more than max_flows %d (no flow closed)", v, maxFlows)
 	}
+}
+
+// gatePicker picks its one backend; while a gate is set, Pick first tells
+// entered and then blocks until the gate is closed, holding the shard
+// goroutine still so a test can queue datagrams behind it.
+type gatePicker struct {
+	be      core.Backend
+	mu      sync.Mutex
+	gate    chan struct{}
+	entered chan struct{}
+}
+
+func (p *gatePicker) Pick(core.ClusterID, uint64) (core.Backend, bool) {
+	p.mu.Lock()
+	gate, entered := p.gate, p.entered
+	p.gate, p.entered = nil, nil
+	p.mu.Unlock()
+	if gate != nil {
+		close(entered)
+		<-gate
+	}
+	return p.be, true
+}
+
+// TestE2ENewFlowBurstPaced holds the shard still while a burst of new
+// flows, ten times what a loop iteration resolves (newFlowBudget), and
+// then a datagram of an established client queue on its listener. Let go,
+// the shard reads them all in one wake-up and resolves only a budget of the
+// new flows before it forwards the established client's datagram: the
+// backend sees at most about one budget of the burst before it, where
+// without the budget it would see the whole burst (each new flow's socket
+// set-up, ~30 µs, done first). Every flow, deferred or not, then gets its
+// backend and its reply.
+func TestE2ENewFlowBurstPaced(t *testing.T) {
+	t.Parallel()
+	const burst = 10 * newFlowBudget
+	be := newBackend(t, backendOpts{})
+	p := &gatePicker{be: core.Backend{ID: 0, Addr: be.Addr}}
+	o := GroupOptions{Listeners: []Listener{{Name: "l", Addr: netip.MustParseAddrPort("127.0.0.1:0")}}, Backends: 1, Picker: p,
+		Listen: batchio.ListenOptions{RecvBuffer: 4 << 20}}
+	g := startGroup(t, o)
+	est := newClient(t, g.addr())
+	est.roundTrip("", "established-1")
+
+	gate, entered := make(chan struct{}), make(chan struct{})
+	p.mu.Lock()
+	p.gate, p.entered = gate, entered
+	p.mu.Unlock()
+	opened := false
+	t.Cleanup(func() {
+		if !opened {
+			close(gate)
+		}
+	})
+	newClient(t, g.addr()).send("blocker") // a new flow: the shard blocks in Pick
+	select {
+	case <-entered:
+	case <-time.After(waitTimeout):
+		t.Fatal("the shard did not pick a backend for the blocker")
+	}
+	sp, err := loadgen.NewSprayer(loadgen.SprayConfig{Target: g.addr(), Sockets: 4,
+		Sources: loadgen.LoopbackSources(burst), Rate: 1e6, Count: burst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	sp.Start()
+	t.Cleanup(func() { sp.Stop(0) })
+	select {
+	case <-sp.Done():
+	case <-time.After(waitTimeout):
+		t.Fatal("the sprayer did not finish sending")
+	}
+	est.send("established-2")
+	time.Sleep(20 * time.Millisecond) // loopback delivery is synchronous; this is margin
+	close(gate)
+	opened = true
+
+	est.expect("established-2")
+	waitUntil(t, waitTimeout, "a reply to every flow of the burst", func() bool { return sp.Stats(0).Received >= burst })
+	if v := g.listener(ListenerKernelDrops); v != 0 {
+		t.Fatalf("the kernel dropped %d datagrams of the burst", v)
+	}
+	got := be.waitReceived(t, burst+3)
+	pos, flood := -1, 0
+	for i, d := range got {
+		switch d.Payload {
+		case "established-2":
+			pos = i
+		case "established-1", "blocker":
+		default:
+			if pos < 0 {
+				flood++
+			}
+		}
+	}
+	if pos < 0 {
+		t.Fatal("the established client's second datagram never reached the backend")
+	}
+	if flood > 2*newFlowBudget {
+		t.Errorf("%d new flows of the burst were forwarded before the established client's datagram queued behind them; want at most %d (one budget per loop iteration)",
+			flood, 2*newFlowBudget)
+	}
+	waitValue(t, "flows created", func() uint64 { return g.listener(ListenerFlowsCreated) }, burst+2)
 }

@@ -230,6 +230,7 @@ type Shard struct {
 	closed   bool
 	warned   map[string]bool // anomalies already logged once
 	dns      dnsState
+	admit    admission // new flows resolved per loop iteration (admission.go)
 }
 
 // New creates a shard over already bound listener sockets.
@@ -390,6 +391,7 @@ func (s *Shard) Run(ctx context.Context) error {
 		}
 		now = s.now()
 		s.counters.addShard(ShardLoops, 1)
+		s.resolveWaiting(now)
 		for i := 0; i < n; i++ {
 			ev := &s.events[i]
 			switch ev.Fd {
@@ -452,6 +454,9 @@ func (s *Shard) countSyscalls() {
 // waitMillis converts the next deadline into an epoll timeout, rounding up
 // so the loop never wakes just before it.
 func (s *Shard) waitMillis(now core.Time) int {
+	if s.admit.pending() {
+		return 0
+	}
 	d := min(s.deadline, s.dns.deadline)
 	if s.stopping {
 		d = min(d, s.stopAt)
@@ -661,6 +666,9 @@ func (s *Shard) process(now core.Time) {
 func (s *Shard) apply(o *core.Output) {
 	switch o.Kind {
 	case core.OutSelectBackend:
+		if s.admit.deferSelect(o) {
+			return // resolved in a later loop iteration
+		}
 		if b, ok := s.opts.Picker.Pick(o.Cluster, o.Key); ok {
 			s.follow = append(s.follow, core.Resolved(o.Flow, b))
 		} else {
