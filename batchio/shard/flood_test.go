@@ -149,6 +149,9 @@ func TestE2ENewFlowBurstPaced(t *testing.T) {
 	t.Parallel()
 	const burst = 10 * newFlowBudget
 	be := newBackend(t, backendOpts{})
+	if err := be.conn.SetReadBuffer(4 << 20); err != nil { // the burst reaches it at once
+		t.Fatal(err)
+	}
 	p := &gatePicker{be: core.Backend{ID: 0, Addr: be.Addr}}
 	o := GroupOptions{Listeners: []Listener{{Name: "l", Addr: netip.MustParseAddrPort("127.0.0.1:0")}}, Backends: 1, Picker: p,
 		Listen: batchio.ListenOptions{RecvBuffer: 4 << 20}}
@@ -191,7 +194,12 @@ func TestE2ENewFlowBurstPaced(t *testing.T) {
 	opened = true
 
 	est.expect("established-2")
-	waitUntil(t, waitTimeout, "a reply to every flow of the burst", func() bool { return sp.Stats(0).Received >= burst })
+	for deadline := time.Now().Add(waitTimeout); sp.Stats(0).Received < burst; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: burst %+v, backend received %d datagrams, want a reply to each of %d new flows",
+				waitTimeout, sp.Stats(0), be.count(), burst)
+		}
+	}
 	if v := g.listener(ListenerKernelDrops); v != 0 {
 		t.Fatalf("the kernel dropped %d datagrams of the burst", v)
 	}
