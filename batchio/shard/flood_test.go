@@ -219,6 +219,7 @@ func TestE2ENewFlowBurstPaced(t *testing.T) {
 	if pos < 0 {
 		t.Fatal("the established client's second datagram never reached the backend")
 	}
+	t.Logf("%d of the burst's %d new flows reached the backend before the established client's datagram", flood, burst)
 	if flood > 2*newFlowBudget {
 		t.Errorf("%d new flows of the burst were forwarded before the established client's datagram queued behind them; want at most %d (one budget per loop iteration)",
 			flood, 2*newFlowBudget)
