@@ -60,3 +60,51 @@ func TestBenchBadArgs(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchFlood runs the shed-capacity sweep at two small rates against
+// fastudp and the same binary named as fastudp@PATH (the before/after
+// form), and checks that each rate is a scenario of its own, that both
+// targets have a row, and that the flood was shed with no kernel drops.
+func TestBenchFlood(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := runMain([]string{"bench", "flood", "--flood-rates", "0,5000", "--flood-max-flows", "64", "--duration", "500ms",
+		"--targets", "fastudp,fastudp@" + fastudpBin, "--runs", "1", "--out", "", "--bin", fastudpBin}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, &stdout, &stderr)
+	}
+	report := stdout.String()
+	if strings.Contains(report, "Failed measurements") {
+		t.Fatalf("failures:\n%s", report)
+	}
+	for _, sc := range []string{"flood-0", "flood-5k"} {
+		if !strings.Contains(report, "(`"+sc+"`)") {
+			t.Errorf("no section for %s:\n%s", sc, report)
+		}
+	}
+	// flood-5k rows: target, req/s, loss, CPU, RTT, flood sent/s, shed/s,
+	// not read, kernel drops, ...
+	row := regexp.MustCompile(`(?m)^\| (fastudp(?:@\S+)?) \| [0-9]+ \| [0-9.]+ \| [^|]+ \| [^|]+ \| ([0-9]+) \| ([0-9]+) \| -?[0-9]+ \| ([0-9]+) \|`)
+	rows := 0
+	for _, m := range row.FindAllStringSubmatch(report, -1) {
+		if m[2] == "0" {
+			continue // flood-0
+		}
+		rows++
+		if m[3] == "0" || m[4] != "0" {
+			t.Errorf("%s: flood sent/s %s, shed/s %s, kernel drops %s; want shedding and no kernel drops", m[1], m[2], m[3], m[4])
+		}
+	}
+	if rows != 2 {
+		t.Errorf("%d flood-5k rows, want 2 (fastudp and fastudp@PATH):\n%s", rows, report)
+	}
+	for _, args := range [][]string{
+		{"bench", "flood", "--flood-rates", "x"}, {"bench", "flood", "--flood-rates", "-5"},
+		{"bench", "flood", "--targets", "fastudp@/nonexistent", "--out", ""},
+	} {
+		stdout.Reset()
+		stderr.Reset()
+		if code := runMain(args, &stdout, &stderr); code == 0 {
+			t.Errorf("%v: exit 0", args)
+		}
+	}
+}
