@@ -3,6 +3,7 @@ package shard
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -166,4 +167,33 @@ func (c *Counters) Resource(k ResourceKind) uint64 {
 		return 0
 	}
 	return c.resPub[k].Load()
+}
+
+// errFDReserve is the error of an upstream socket that got a descriptor
+// kept for the control plane ([Options.FDCeiling]); it is an EMFILE.
+var errFDReserve = fmt.Errorf("descriptor in the reserve kept for the control plane and metrics: %w", unix.EMFILE)
+
+// underCeiling passes on the result of opening an upstream socket, unless
+// fd is at or above the ceiling: the kernel hands out the lowest free
+// descriptor, so every one below the ceiling is in use, and fd is closed
+// to keep the rest for the metrics and control listeners.
+func (s *Shard) underCeiling(fd int, err error) (int, error) {
+	if err != nil || s.opts.FDCeiling <= 0 || fd < s.opts.FDCeiling {
+		return fd, err
+	}
+	unix.Close(fd)
+	return -1, errFDReserve
+}
+
+// FDReserve is the descriptors [FDCeiling] keeps for the control plane.
+const FDReserve = 128
+
+// FDCeiling returns the [Options.FDCeiling] that keeps FDReserve
+// descriptors (at most a quarter of them) of an open-file limit of limit
+// for the control plane; 0 (no ceiling) for an unknown limit.
+func FDCeiling(limit uint64) int {
+	if limit == 0 || limit > 1<<30 {
+		return 0
+	}
+	return int(limit - min(FDReserve, limit/4))
 }

@@ -464,3 +464,14 @@ func TestResourceLogRateLimit(t *testing.T) {
 		t.Errorf("counted %d, want 6", v)
 	}
 }
+
+func TestFDCeiling(t *testing.T) {
+	for _, c := range []struct {
+		limit uint64
+		want  int
+	}{{0, 0}, {128, 96}, {1024, 896}, {1 << 20, 1<<20 - FDReserve}, {1 << 40, 0}} {
+		if got := FDCeiling(c.limit); got != c.want {
+			t.Errorf("FDCeiling(%d) = %d, want %d", c.limit, got, c.want)
+		}
+	}
+}

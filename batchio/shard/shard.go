@@ -87,6 +87,11 @@ type Options struct {
 	// closed flow.
 	Logger    *slog.Logger
 	AccessLog *slog.Logger
+	// FDCeiling, when positive, keeps descriptors FDCeiling and up for the
+	// control plane (metrics, control API, health probes): an upstream
+	// socket that gets one is closed and its flow shed as at the
+	// open-file limit (see resource.go).
+	FDCeiling int
 }
 
 // Queue bounds for datagrams that met a full socket buffer (EAGAIN).
@@ -715,7 +720,7 @@ func (s *Shard) openUpstream(o *core.Output) {
 func (s *Shard) dial(backend netip.AddrPort, opts batchio.DialOptions) (int, error) {
 	srcs := s.opts.UpstreamSources
 	if len(srcs) == 0 {
-		return batchio.DialUpstream(netip.AddrPort{}, backend, opts)
+		return s.underCeiling(batchio.DialUpstream(netip.AddrPort{}, backend, opts))
 	}
 	var err error
 	for range srcs {
@@ -725,7 +730,7 @@ func (s *Shard) dial(backend netip.AddrPort, opts batchio.DialOptions) (int, err
 			continue
 		}
 		var fd int
-		if fd, err = batchio.DialUpstream(netip.AddrPortFrom(src, 0), backend, opts); err == nil {
+		if fd, err = s.underCeiling(batchio.DialUpstream(netip.AddrPortFrom(src, 0), backend, opts)); err == nil {
 			return fd, nil
 		}
 	}

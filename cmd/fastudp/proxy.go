@@ -132,6 +132,7 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		GRO:             cfg.GRO,
 		NoGSO:           !cfg.GSO,
 		Steering:        steeringOptions(cfg),
+		FDCeiling:       shard.FDCeiling(noFileLimit()), // limits.go
 	})
 	if err != nil {
 		return fail(err)
