@@ -43,6 +43,9 @@ type limitWarning struct {
 	Fix    string
 }
 
+// maxPortRange is the widest ip_local_port_range: 1024-65535.
+const maxPortRange = 65535 - 1024 + 1
+
 // fdMargin is the descriptors counted for everything but flows and shard
 // sockets: the control and metrics listeners and their connections, health
 // probes, DNS-over-TCP connections, the access log, the Go runtime.
@@ -106,12 +109,17 @@ func checkLimits(cfg *config.Config, h hostLimits) []limitWarning {
 			}
 		}
 		if perSrc := (generic + srcs - 1) / srcs; perSrc > ports {
+			fix := `sysctl -w net.ipv4.ip_local_port_range="1024 65535", add addresses to upstream_sources, or lower max_flows`
+			if perSrc > maxPortRange {
+				fix = fmt.Sprintf("add addresses to upstream_sources (at least %d for max_flows %d: one address has at most %d ports), or lower max_flows",
+					(generic+maxPortRange-1)/maxPortRange, generic, maxPortRange)
+			}
 			out = append(out, limitWarning{
 				Msg: "net.ipv4.ip_local_port_range smaller than max_flows per upstream source address: " +
 					"each flow holds a local port, new flows will be shed once they run out",
 				Found:  fmt.Sprintf("%d ports (%d-%d) for %d source address(es)", ports, h.PortLow, h.PortHigh, srcs),
 				Needed: fmt.Sprintf("%d ports per source address", perSrc),
-				Fix:    `sysctl -w net.ipv4.ip_local_port_range="1024 65535", or add addresses to upstream_sources`,
+				Fix:    fix,
 			})
 		}
 	}

@@ -83,6 +83,9 @@ func TestCheckLimits(t *testing.T) {
 			want: []string{"8388608", "16777216"}},
 		{name: "port range", flags: base, edit: func(_ *config.Config, h *hostLimits) { h.PortLow, h.PortHigh = 32768, 60999 },
 			want: []string{"28232 ports (32768-60999) for 1 source address(es)", "50000 ports per source address"}},
+		{name: "port range, max_flows above one address's ports", flags: base, edit: func(c *config.Config, h *hostLimits) {
+			c.MaxFlows = 200000
+		}, want: []string{"64512 ports (1024-65535)", "200000 ports per source address"}},
 		{name: "port range, two source addresses", flags: base, edit: func(c *config.Config, h *hostLimits) {
 			h.PortLow, h.PortHigh = 32768, 60999
 			c.UpstreamSources = []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}
@@ -106,6 +109,7 @@ func TestCheckLimits(t *testing.T) {
 				t.Fatalf("%d warnings, want %d: %+v", len(got), len(tt.want)/2, got)
 			}
 			for i, w := range got {
+				t.Logf("%s found=%q needed=%q fix=%q", w.Msg, w.Found, w.Needed, w.Fix)
 				if !strings.Contains(w.Found, tt.want[2*i]) || !strings.Contains(w.Needed, tt.want[2*i+1]) || w.Fix == "" || w.Msg == "" {
 					t.Errorf("warning %+v: want found %q, needed %q and a fix", w, tt.want[2*i], tt.want[2*i+1])
 				}
