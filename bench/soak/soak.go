@@ -84,6 +84,7 @@ type Sample struct {
 	FDs        int           // entries in /proc/PID/fd
 	Goroutines int           // go_goroutines from its metrics
 	RSS        uint64        // VmRSS, bytes
+	Heap       uint64        // go_memstats_heap_inuse_bytes: the Go heap's share of RSS
 	Flows      int           // fastudp_flows_active, all listeners
 }
 
@@ -252,13 +253,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 }
 
 func (s Sample) String() string {
-	return fmt.Sprintf("t=%v fds=%d goroutines=%d rss=%.1fMiB flows=%d", s.At.Round(time.Second), s.FDs, s.Goroutines, float64(s.RSS)/(1<<20), s.Flows)
+	return fmt.Sprintf("t=%v fds=%d goroutines=%d rss=%.1fMiB heap=%.1fMiB flows=%d", s.At.Round(time.Second), s.FDs, s.Goroutines, float64(s.RSS)/(1<<20), float64(s.Heap)/(1<<20), s.Flows)
 }
 
 func maxSample(a, b Sample) Sample {
 	a.FDs = max(a.FDs, b.FDs)
 	a.Goroutines = max(a.Goroutines, b.Goroutines)
 	a.RSS = max(a.RSS, b.RSS)
+	a.Heap = max(a.Heap, b.Heap)
 	a.Flows = max(a.Flows, b.Flows)
 	a.At = 0
 	return a
@@ -427,12 +429,13 @@ func (p *proxy) sample(at time.Duration) (Sample, error) {
 	if s.RSS, err = proc.RSS(pid); err != nil {
 		return s, fmt.Errorf("soak: RSS: %w", err)
 	}
-	m, err := target.Scrape(p.metrics, "go_goroutines", "fastudp_flows_active")
+	m, err := target.Scrape(p.metrics, "go_goroutines", "fastudp_flows_active", "go_memstats_heap_inuse_bytes")
 	if err != nil {
 		return s, fmt.Errorf("soak: metrics: %w", err)
 	}
 	s.Goroutines = int(m["go_goroutines"])
 	s.Flows = int(m["fastudp_flows_active"])
+	s.Heap = uint64(m["go_memstats_heap_inuse_bytes"])
 	return s, nil
 }
 
@@ -440,10 +443,10 @@ func (p *proxy) sample(at time.Duration) (Sample, error) {
 func (r *Result) Markdown(w io.Writer, command string) {
 	fmt.Fprintf(w, "Command: `%s` (%d shards, %v under load after %v of warmup, took %v)\n\n",
 		command, r.Options.Shards, r.Options.Duration, r.Options.Warmup, r.Took.Round(time.Second))
-	fmt.Fprintln(w, "| sample | open fds | goroutines | RSS (MiB) | live flows |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| sample | open fds | goroutines | RSS (MiB) | Go heap in use (MiB) | live flows |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
 	row := func(name string, s Sample) {
-		fmt.Fprintf(w, "| %s | %d | %d | %.1f | %d |\n", name, s.FDs, s.Goroutines, float64(s.RSS)/(1<<20), s.Flows)
+		fmt.Fprintf(w, "| %s | %d | %d | %.1f | %.1f | %d |\n", name, s.FDs, s.Goroutines, float64(s.RSS)/(1<<20), float64(s.Heap)/(1<<20), s.Flows)
 	}
 	row("idle, before load", r.Idle)
 	row(fmt.Sprintf("start (t=%v)", r.Start.At.Round(time.Second)), r.Start)
