@@ -268,6 +268,24 @@ func (l *ecmpLab) startNode(k int, seed uint64, nb int) *ecmpNode {
 	}
 }
 
+// placement returns the placement fingerprint `ctl status` reports for the
+// node's cluster.
+func (n *ecmpNode) placement(t *testing.T) string {
+	t.Helper()
+	ctl := control.NewClient(n.sock)
+	defer ctl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := ctl.Status(ctx)
+	if err != nil {
+		t.Fatalf("status of %s: %v", n.sock, err)
+	}
+	if len(st.Clusters) != 1 {
+		t.Fatalf("status of %s: clusters %+v", n.sock, st.Clusters)
+	}
+	return st.Clusters[0].Placement
+}
+
 // ecmpReply is what one answered datagram tells: the backend that echoed
 // it and the node (1-based) that forwarded it.
 type ecmpReply struct {
@@ -549,6 +567,11 @@ func TestScaleOutECMP(t *testing.T) {
 		nodes[k] = l.startNode(k, ecmpSeed, 3)
 	}
 	nodes[4] = l.startNode(4, ecmpOddSeed, 3)
+	// What an operator checks: `fastudp ctl status` shows one placement on
+	// every node with the same seed and backends, another on node 4.
+	if p := []string{nodes[1].placement(t), nodes[2].placement(t), nodes[3].placement(t), nodes[4].placement(t)}; p[0] != p[1] || p[0] != p[2] || p[0] == p[3] {
+		t.Fatalf("placements of nodes 1-4: %v, want the first three equal and the fourth different", p)
+	}
 	l.group(true, 1, 2, 3)
 
 	lv := l.startLive(ecmpLiveFlows)
@@ -583,6 +606,9 @@ func TestScaleOutECMP(t *testing.T) {
 		}
 	}
 	rAdded := lv.round.Load() + 1
+	if p1, p3 := nodes[1].placement(t), nodes[3].placement(t); p1 != p3 {
+		t.Errorf("after the backend add, placements of nodes 1 and 3 differ: %s, %s", p1, p3)
+	}
 	after := l.probe(ecmpProbes)
 	rW4 := lv.wait(10)
 	time.Sleep(500 * time.Millisecond) // the last replies
