@@ -134,8 +134,26 @@ func newECMPLab(t *testing.T, nodes, backends int) *ecmpLab {
 	for j, ns := range l.backends {
 		link(fmt.Sprintf("b%d", j+1), ns, fmt.Sprintf("10.97.%d", j+1))
 	}
-	ecmpRun(t, "ip", "netns", "exec", l.router, "sysctl", "-q", "-w",
-		"net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1")
+	// /proc/sys/net shows the namespace of the thread that opens it.
+	var err error
+	l.inNS(l.router, func() {
+		for _, f := range []string{"ip_forward", "fib_multipath_hash_policy"} {
+			path := "/proc/sys/net/ipv4/" + f
+			if err = os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+				return
+			}
+			var got []byte
+			if got, err = os.ReadFile(path); err == nil && strings.TrimSpace(string(got)) != "1" {
+				err = fmt.Errorf("%s is %q after writing 1", path, got)
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("router sysctls: %v", err)
+	}
 	return l
 }
 
