@@ -214,6 +214,7 @@ func (l *ecmpLab) echo(j int) {
 		l.t.Fatal(err)
 	}
 	l.t.Cleanup(func() { c.Close() })
+	ecmpBigBuffers(l.t, c)
 	prefix := fmt.Sprintf("b%d ", j)
 	go func() {
 		buf := make([]byte, 2048)
@@ -227,6 +228,27 @@ func (l *ecmpLab) echo(j int) {
 			_, _ = c.WriteToUDPAddrPort(out, from)
 		}
 	}()
+}
+
+// ecmpBigBuffers gives c 4 MiB socket buffers (past net.core.rmem_max: the
+// test runs as root), so a reader goroutine the busy test machine leaves
+// waiting for a while loses no datagram.
+func ecmpBigBuffers(t *testing.T, c *net.UDPConn) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = rc.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_RCVBUFFORCE, unix.SO_SNDBUFFORCE} {
+			if err == nil {
+				err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, 4<<20)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("socket buffers: %v", err)
+	}
 }
 
 // ecmpNode is one fastudp process in a node namespace.
@@ -329,6 +351,7 @@ func (l *ecmpLab) sender(first netip.Addr, n int, handle func(fields []string, r
 		l.t.Fatal(err)
 	}
 	l.t.Cleanup(func() { c.Close() })
+	ecmpBigBuffers(l.t, c)
 	s := &ecmpSender{conn: c, vip: netip.AddrPortFrom(netip.MustParseAddr(ecmpVIP), ecmpPort)}
 	for a := first; len(s.oobs) < n; a = a.Next() {
 		s.oobs = append(s.oobs, unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: a.As4()}))
