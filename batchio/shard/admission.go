@@ -22,8 +22,6 @@ type admission struct {
 	used    int
 	waiting []waitingFlow // FIFO from head
 	head    int
-	// deferred counts flows that had to wait (for tests).
-	deferred uint64
 }
 
 // waitingFlow is a core SelectBackend output whose answer was put off.
@@ -39,13 +37,14 @@ func (a *admission) pending() bool { return a.head < len(a.waiting) }
 // deferSelect takes a SelectBackend output: it returns false when the flow
 // may be resolved now (counting it against the budget), and true when it
 // was queued for a later iteration.
-func (a *admission) deferSelect(o *core.Output) bool {
+func (s *Shard) deferSelect(o *core.Output) bool {
+	a := &s.admit
 	if !a.pending() && a.used < newFlowBudget {
 		a.used++
 		return false
 	}
 	a.waiting = append(a.waiting, waitingFlow{flow: o.Flow, cluster: o.Cluster, key: o.Key})
-	a.deferred++
+	s.counters.addShard(ShardFlowsDeferred, 1)
 	return true
 }
 

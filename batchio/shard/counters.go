@@ -26,6 +26,7 @@ const (
 	ShardSplitDrops            // datagrams of a split run lost when a non-GSO resend stopped part way
 	ShardRecvmmsg              // recvmmsg calls (listeners and upstreams)
 	ShardSendmmsg              // sendmmsg calls (listeners and upstreams)
+	ShardFlowsDeferred         // new flows whose backend pick waited for a later loop iteration (admission.go)
 	numShardCounters
 )
 

@@ -225,4 +225,8 @@ func TestE2ENewFlowBurstPaced(t *testing.T) {
 			flood, 2*newFlowBudget)
 	}
 	waitValue(t, "flows created", func() uint64 { return g.listener(ListenerFlowsCreated) }, burst+2)
+	// The burst was read in one wake-up: all but about one budget waited.
+	if d := g.shard(ShardFlowsDeferred); d < burst-2*newFlowBudget || d > burst {
+		t.Errorf("%d new flows deferred, want %d to %d of a burst of %d", d, burst-2*newFlowBudget, burst, burst)
+	}
 }

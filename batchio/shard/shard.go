@@ -674,7 +674,7 @@ func (s *Shard) process(now core.Time) {
 func (s *Shard) apply(o *core.Output) {
 	switch o.Kind {
 	case core.OutSelectBackend:
-		if s.admit.deferSelect(o) {
+		if s.deferSelect(o) {
 			return // resolved in a later loop iteration
 		}
 		if b, ok := s.opts.Picker.Pick(o.Cluster, o.Key); ok {
