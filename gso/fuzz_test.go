@@ -47,12 +47,16 @@ func FuzzCoalesceSplit(f *testing.F) {
 		for i := range want {
 			want[i].b = bytes.Clone(want[i].b)
 		}
-		out := Coalesce(msgs)
+		gatherCap := 0
+		if len(in) > 0 {
+			gatherCap = int(in[0] & 0x3f) // 0: contiguous merges only
+		}
+		out, _ := Coalesce(msgs, make([][]byte, 0, gatherCap))
 		var got []batchio.Message
 		for i := range out {
 			m := &out[i]
-			if Segments(len(m.Buf), m.SegmentSize) > MaxSegments || len(m.Buf) > MaxBytes(m.Addr) {
-				t.Fatalf("over the limits: %d bytes, segment %d", len(m.Buf), m.SegmentSize)
+			if Segments(m.Len(), m.SegmentSize) > MaxSegments || m.Len() > MaxBytes(m.Addr) {
+				t.Fatalf("over the limits: %d bytes, segment %d", m.Len(), m.SegmentSize)
 			}
 			var ok bool
 			if got, ok = Split(got, m); !ok {
@@ -63,7 +67,7 @@ func FuzzCoalesceSplit(f *testing.F) {
 			t.Fatalf("%d datagrams back, want %d", len(got), len(want))
 		}
 		for i := range got {
-			if !bytes.Equal(got[i].Buf, want[i].b) || got[i].Addr != want[i].addr || got[i].TOS != want[i].tos {
+			if !bytes.Equal(append(bytes.Clone(got[i].Header), got[i].Buf...), want[i].b) || got[i].Addr != want[i].addr || got[i].TOS != want[i].tos {
 				t.Fatalf("datagram %d differs: %d bytes to %v tos %d, want %d bytes to %v tos %d",
 					i, len(got[i].Buf), got[i].Addr, got[i].TOS, len(want[i].b), want[i].addr, want[i].tos)
 			}

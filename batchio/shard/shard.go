@@ -214,6 +214,7 @@ type Shard struct {
 	outputs []core.Output
 	oneMsg  []batchio.Message
 	split   []batchio.Message // a run cut into datagrams for a non-GSO send
+	gsoTx   gsoSendState      // PROXY header runs and reply coalescing (gsosend.go)
 	// upBatch collects consecutive single datagrams to one upstream
 	// (upBatchFlow) for one sendmmsg: a burst of client datagrams read in
 	// one recvmmsg, or a run split for PROXY v2 headers.
@@ -280,6 +281,7 @@ func New(opts Options) (*Shard, error) {
 	s.rxMsgs = newMessages(rxBatch, bufSize)
 	s.upMsgs = newMessages(rxBatch, bufSize)
 	s.split = make([]batchio.Message, 0, 2*gso.MaxSegments)
+	s.gsoTx = newGSOSendState(opts.BatchSize)
 	s.upBatch = make([]batchio.Message, 0, opts.BatchSize)
 	s.inputs = make([]core.Input, 0, opts.BatchSize)
 	s.follow = make([]core.Input, 0, opts.BatchSize)
@@ -752,6 +754,10 @@ func (s *Shard) sendUpstream(o *core.Output) {
 	if s.upBatchFlow != o.Flow {
 		s.flushUpstreamBatch()
 	}
+	if o.Header != nil && o.SegmentSize > 0 {
+		s.sendHeaderRun(u, o) // a header before every segment
+		return
+	}
 	m := batchio.Message{Buf: o.Payload, Header: o.Header, SegmentSize: o.SegmentSize, TOS: o.TOS}
 	if len(u.queue) > 0 {
 		s.enqueueUpstream(u, &m)
@@ -768,13 +774,20 @@ func (s *Shard) sendUpstream(o *core.Output) {
 		return
 	}
 	s.flushUpstreamBatch() // keep the flow's order
-	err := s.sendRun(u.fd, &m, &u.gsoOff, "gso-upstream")
+	s.sendUpstreamRun(u, &m)
+}
+
+// sendUpstreamRun sends the run m on u's socket at once, queueing it on
+// EAGAIN and counting other failures.
+func (s *Shard) sendUpstreamRun(u *upstream, m *batchio.Message) {
+	err := s.sendRun(u.fd, m, &u.gsoOff, "gso-upstream")
 	if err == nil {
 		return
 	}
+	segs := uint64(segments(m.Len(), m.SegmentSize))
 	switch batchio.Classify(err) {
 	case batchio.KindWouldBlock:
-		s.enqueueUpstream(u, &m)
+		s.enqueueUpstream(u, m)
 	case batchio.KindRefused:
 		s.counters.addBackend(u.backend, BackendRefused, segs)
 	default:
@@ -817,12 +830,12 @@ func (s *Shard) flushUpstreamBatch() {
 }
 
 func (s *Shard) enqueueUpstream(u *upstream, m *batchio.Message) {
-	segs := uint64(segments(len(m.Header)+len(m.Buf), m.SegmentSize))
+	segs := uint64(segments(m.Len(), m.SegmentSize))
 	if len(u.queue) >= upstreamQueueLimit {
 		s.counters.addBackend(u.backend, BackendQueueFull, segs)
 		return
 	}
-	q, ok := s.copyQueued(m.Header, m.Buf)
+	q, ok := s.copyQueued(m)
 	if !ok {
 		s.counters.addBackend(u.backend, BackendQueueFull, segs)
 		return
@@ -835,13 +848,22 @@ func (s *Shard) enqueueUpstream(u *upstream, m *batchio.Message) {
 	}
 }
 
-func (s *Shard) copyQueued(hdr, payload []byte) (queued, bool) {
-	buf := s.pool.Get(len(hdr) + len(payload))
-	if cap(buf) < len(hdr)+len(payload) {
+// copyQueued copies m's pieces (Header, Buf, Gather) into one pool buffer:
+// the byte stream the kernel would have cut, so SegmentSize still applies.
+func (s *Shard) copyQueued(m *batchio.Message) (queued, bool) {
+	n := m.Len()
+	buf := s.pool.Get(n)
+	if cap(buf) < n {
+		if buf != nil {
+			s.pool.Put(buf)
+		}
 		return queued{}, false
 	}
-	buf = append(append(buf[:0], hdr...), payload...)
-	return queued{buf: buf, hdr: len(hdr)}, true
+	buf = append(append(buf[:0], m.Header...), m.Buf...)
+	for _, p := range m.Gather {
+		buf = append(buf, p...)
+	}
+	return queued{buf: buf, hdr: len(m.Header)}, true
 }
 
 func (s *Shard) flushUpstreamQueue(idx int) {
@@ -916,7 +938,7 @@ func (s *Shard) appendClientSend(li int, m batchio.Message) {
 // listener's queue.
 func (s *Shard) flushClientSends(li int) {
 	l := &s.listeners[li]
-	msgs := l.out
+	msgs := s.coalesceClientSends(l)
 	for len(msgs) > 0 {
 		n, err := s.tx.Send(l.fd, msgs)
 		s.countGSOSends(msgs[:n])
@@ -940,22 +962,23 @@ func (s *Shard) flushClientSends(li int) {
 				continue
 			}
 		}
-		s.counters.addListener(core.ListenerID(li), ListenerSendErrors, uint64(segments(len(msgs[0].Buf), msgs[0].SegmentSize)))
+		s.counters.addListener(core.ListenerID(li), ListenerSendErrors, uint64(segments(msgs[0].Len(), msgs[0].SegmentSize)))
 		msgs = msgs[1:]
 	}
 	clear(l.out)
 	l.out = l.out[:0]
+	s.gsoTx.releaseClientParts()
 }
 
 func (s *Shard) enqueueClient(li int, m *batchio.Message) {
 	l := &s.listeners[li]
 	if len(l.queue) >= clientQueueLimit {
-		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(len(m.Buf), m.SegmentSize)))
+		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(m.Len(), m.SegmentSize)))
 		return
 	}
-	q, ok := s.copyQueued(nil, m.Buf)
+	q, ok := s.copyQueued(m)
 	if !ok {
-		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(len(m.Buf), m.SegmentSize)))
+		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(m.Len(), m.SegmentSize)))
 		return
 	}
 	q.to, q.local, q.seg, q.tos = m.Addr, m.Local, m.SegmentSize, m.TOS
@@ -1068,7 +1091,7 @@ func (s *Shard) FlowCount() int { return s.mgr.FlowCount() }
 
 // isRun reports whether m is a GSO send of more than one datagram.
 func isRun(m *batchio.Message) bool {
-	return m.SegmentSize > 0 && len(m.Header)+len(m.Buf) > m.SegmentSize
+	return m.SegmentSize > 0 && m.Len() > m.SegmentSize
 }
 
 func (s *Shard) countGSOSends(msgs []batchio.Message) {
@@ -1080,7 +1103,7 @@ func (s *Shard) countGSOSends(msgs []batchio.Message) {
 func (s *Shard) countGSOSend(m *batchio.Message) {
 	if isRun(m) {
 		s.counters.addShard(ShardGSOSends, 1)
-		s.counters.addShard(ShardGSOSegments, uint64(segments(len(m.Header)+len(m.Buf), m.SegmentSize)))
+		s.counters.addShard(ShardGSOSegments, uint64(segments(m.Len(), m.SegmentSize)))
 	}
 }
 
@@ -1116,7 +1139,7 @@ func (s *Shard) gsoFallback(gsoOff *bool, key string, m *batchio.Message, err er
 		s.counters.addShard(ShardGSOFallbacks, 1)
 	}
 	s.warnOnce(key, "GSO send refused; this socket sends runs as single datagrams from now on",
-		"segment_size", m.SegmentSize, "bytes", len(m.Header)+len(m.Buf), "err", err)
+		"segment_size", m.SegmentSize, "bytes", m.Len(), "err", err)
 }
 
 // sendSplit sends the run m as single datagrams (sub-slices of its payload)
