@@ -31,7 +31,7 @@ type mmsghdr struct {
 // A Batch is not safe for concurrent use: give each shard loop its own.
 // One Batch may serve any number of sockets, one call at a time.
 type Batch struct {
-	hdrs    []mmsghdr
+	hdrs []mmsghdr
 	// iovs: one per message on receive; on send Header, Buf and Gather
 	// pieces take what they need, up to 2 per message plus [MaxIovecs]
 	// spare, so the largest message always fits in a call of its own.
