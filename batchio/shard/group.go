@@ -50,6 +50,8 @@ type GroupOptions struct {
 	// Steering chooses each listener's shard per datagram (an eBPF
 	// program); the zero value leaves it to the kernel's hash.
 	Steering SteeringOptions
+	// upstreamHook is as in [Options] (tests only).
+	upstreamHook func(fd int)
 }
 
 // Group runs the shards of one proxy process.
@@ -156,6 +158,7 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			Picker:           o.Picker,
 			Logger:           o.Logger,
 			AccessLog:        o.AccessLog,
+			upstreamHook:     o.upstreamHook,
 		})
 		if err != nil {
 			return fail(err, fds)

@@ -87,6 +87,9 @@ type Options struct {
 	// closed flow.
 	Logger    *slog.Logger
 	AccessLog *slog.Logger
+	// upstreamHook, when set, sees every upstream socket opened (tests
+	// use it to make the kernel refuse GSO sends on it).
+	upstreamHook func(fd int)
 }
 
 // Queue bounds for datagrams that met a full socket buffer (EAGAIN).
@@ -707,6 +710,9 @@ func (s *Shard) openUpstream(o *core.Output) {
 		return
 	}
 	s.counters.addBackend(o.Backend.ID, BackendSocketsOpened, 1)
+	if s.opts.upstreamHook != nil {
+		s.opts.upstreamHook(fd)
+	}
 	s.ups[idx] = upstream{fd: fd, flow: o.Flow, backend: o.Backend.ID, listener: o.Listener, queue: s.ups[idx].queue[:0], gsoOff: s.opts.NoGSO}
 }
 
