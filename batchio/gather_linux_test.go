@@ -38,6 +38,10 @@ func TestGatherGSO(t *testing.T) {
 			}
 		}
 		expectEmpty(t, b, srv)
+		ms, rx := []Message{m}, makeMsgs(n, 2048)
+		if a := testing.AllocsPerRun(20, func() { send(t, b, cli, ms); recvN(t, b, srv, rx, n) }); a != 0 {
+			t.Errorf("a send of %d pieces: %v allocations, want 0", 1+len(m.Gather), a)
+		}
 	})
 	t.Run("gro", func(t *testing.T) {
 		srv, srvAddr := listen(t, "127.0.0.1:0", ListenOptions{GRO: true})

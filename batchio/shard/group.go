@@ -126,7 +126,13 @@ func NewGroup(o GroupOptions) (*Group, error) {
 	for si := 0; si < o.Shards; si++ {
 		fds := make([]int, 0, len(o.Listeners))
 		for li, l := range o.Listeners {
-			fd, err := batchio.ListenUDP(g.addrs[li], o.Listen)
+			lo := o.Listen
+			if l.DNS != nil {
+				// DNS clients send separate queries, which UDP_GRO never
+				// coalesces: it would only cost 64 KiB receive buffers.
+				lo.GRO = false
+			}
+			fd, err := batchio.ListenUDP(g.addrs[li], lo)
 			if err != nil {
 				return fail(fmt.Errorf("listener %q on %v: %w", l.Name, g.addrs[li], err), fds)
 			}

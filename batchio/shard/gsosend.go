@@ -78,3 +78,14 @@ func (st *gsoSendState) releaseClientParts() {
 	clear(st.clientParts)
 	st.clientParts = st.clientParts[:0]
 }
+
+// hasFlowListener reports whether any listener is not in DNS mode: only
+// those read with UDP_GRO (and need 64 KiB receive buffers).
+func hasFlowListener(ls []Listener) bool {
+	for i := range ls {
+		if ls[i].DNS == nil {
+			return true
+		}
+	}
+	return false
+}

@@ -74,7 +74,10 @@ type Options struct {
 	// the listener sockets have GRO on (batchio.ListenOptions.GRO), or runs
 	// arrive cut and are dropped. A run received whole is forwarded whole,
 	// as one GSO send with the same segment size. With GRO on, a recvmmsg
-	// call reads at most [groRecvBatch] messages (see there).
+	// call reads at most [groRecvBatch] messages (see there). DNS-mode
+	// listeners are not concerned: their sockets never have GRO on (a
+	// [Group] binds them without it), and a shard with only those keeps
+	// max_rx-sized buffers.
 	GRO bool
 	// NoGSO sends every run as single datagrams (sub-slices of the run, in
 	// one sendmmsg) instead of one UDP_SEGMENT send, on every socket.
@@ -277,7 +280,7 @@ func New(opts Options) (*Shard, error) {
 	}
 	bufSize := mgr.MaxRxDatagramSize() + 1 // one spare byte turns an oversize datagram into a counted drop
 	rxBatch := opts.BatchSize
-	if opts.GRO {
+	if opts.GRO && hasFlowListener(opts.Listeners) { // DNS listeners never read with GRO
 		bufSize = max(bufSize, batchio.GROBufferSize)
 		rxBatch = min(rxBatch, groRecvBatch)
 	}
@@ -540,7 +543,7 @@ func (s *Shard) readListener(li int, now core.Time) {
 			s.inputs = append(s.inputs, in)
 		}
 		s.process(now)
-		if s.listenerReadDone(li, n, err) {
+		if s.listenerReadDone(li, n, len(s.rxMsgs), err) {
 			return
 		}
 	}
@@ -571,9 +574,9 @@ func (s *Shard) countClientReceive(li int, m *batchio.Message) (local netip.Addr
 }
 
 // listenerReadDone records the kernel's drop count after a recvmmsg of n
-// datagrams on listener li that returned err, and reports whether the
-// listener is drained for now.
-func (s *Shard) listenerReadDone(li, n int, err error) bool {
+// datagrams (of at most batch) on listener li that returned err, and
+// reports whether the listener is drained for now.
+func (s *Shard) listenerReadDone(li, n, batch int, err error) bool {
 	if drops, ok := s.rx.Drops(); ok {
 		s.counters.setListener(core.ListenerID(li), ListenerKernelDrops, uint64(drops))
 	}
@@ -583,7 +586,7 @@ func (s *Shard) listenerReadDone(li, n int, err error) bool {
 		}
 		return true
 	}
-	return n < len(s.rxMsgs)
+	return n < batch
 }
 
 // readUpstream reads replies from one flow's socket into the shared upstream
