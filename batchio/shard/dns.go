@@ -55,7 +55,7 @@ type dnsState struct {
 	// when its buffers are max_rx sized, or an array of its own (batch
 	// size × max_rx) when flow listeners read with GRO into 64 KiB
 	// buffers, 32 per call (DNS sockets never turn UDP_GRO on).
-	rx []batchio.Message
+	rx       []batchio.Message
 	socks    []dnsSock
 	backends []dnsBackend // by BackendID
 	dirty    []int32      // sockets with queries waiting in out
