@@ -74,3 +74,46 @@ func FuzzCoalesceSplit(f *testing.F) {
 		}
 	})
 }
+
+// FuzzHeaderEach builds the PROXY "every datagram" sends for a run of the
+// fuzzed length and segment size and a header of the fuzzed length, then
+// cuts each send as the kernel would: every datagram must be the header
+// followed by the next segment, and every send must keep to the limits.
+func FuzzHeaderEach(f *testing.F) {
+	f.Add(uint16(10000), uint16(1000), uint8(28), false)
+	f.Add(uint16(64000), uint16(1000), uint8(52), true)
+	f.Add(uint16(5), uint16(0), uint8(16), false)
+	f.Fuzz(func(t *testing.T, n, seg uint16, hl uint8, v6 bool) {
+		run := make([]byte, n)
+		for i := range run {
+			run[i] = byte(i*7 + i>>8)
+		}
+		hdr := bytes.Repeat([]byte{0xAB}, int(hl%64))
+		tmpl := batchio.Message{Addr: dst4}
+		if v6 {
+			tmpl.Addr = dst6
+		}
+		sends, _ := HeaderEach(nil, nil, &tmpl, hdr, run, int(seg))
+		var got []byte
+		for i := range sends {
+			m := &sends[i]
+			segs := Segments(m.Len(), m.SegmentSize)
+			if segs > 1 && (segs > MaxSegments || m.Len() > MaxBytes(m.Addr) || m.SegmentSize != len(hdr)+int(seg)) {
+				t.Fatalf("send %d: %d segments of %d, %d bytes", i, segs, m.SegmentSize, m.Len())
+			}
+			split, ok := Split(nil, m)
+			if !ok {
+				t.Fatalf("send %d does not split", i)
+			}
+			for _, d := range split {
+				if !bytes.Equal(d.Header, hdr) && !(len(hdr) == 0 && d.Header == nil) {
+					t.Fatalf("a datagram led by %d bytes, not the %d-byte header", len(d.Header), len(hdr))
+				}
+				got = append(got, d.Buf...)
+			}
+		}
+		if !bytes.Equal(got, run) {
+			t.Fatalf("segments differ from the run (%d vs %d bytes)", len(got), len(run))
+		}
+	})
+}
