@@ -223,7 +223,7 @@ type Shard struct {
 	gsoTx   gsoSendState      // PROXY header runs and reply coalescing (gsosend.go)
 	// upBatch collects consecutive single datagrams to one upstream
 	// (upBatchFlow) for one sendmmsg: a burst of client datagrams read in
-	// one recvmmsg, or a run split for PROXY v2 headers.
+	// one recvmmsg.
 	upBatch     []batchio.Message
 	upBatchFlow core.FlowID
 	// oneReply[l]: listener l's cluster has responses = 1, so its upstream
