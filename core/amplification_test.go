@@ -79,7 +79,7 @@ func TestAmplificationRun(t *testing.T) {
 		ClusterConfig{Cluster: 1, MaxAmplification: 2},
 		ClusterConfig{Cluster: 2, MaxAmplification: 1, Responses: 3})
 	id := h.establish(0, cliA, lcl, string(make([]byte, 100))) // budget 200
-	run := bytes.Repeat([]byte("r"), 5*60)                      // 5 segments of 60
+	run := bytes.Repeat([]byte("r"), 5*60)                     // 5 segments of 60
 	out := h.handle(groBackend(id, run, 60))
 	wantKinds(t, out, OutSendToClient, OutDrop)
 	if len(out[0].Payload) != 180 || out[0].SegmentSize != 60 || out[1].DropReason != DropAmplification ||

@@ -189,7 +189,7 @@ func newSim(tb failer, c simConfig, record bool) *sim {
 	s := &sim{tb: tb, cfg: c, pool: newTestPool(c.PoolLimit), armed: Never, flows: map[FlowID]*simFlow{},
 		expired: map[FlowID]bool{}, clientSeq: map[uint64]simKey{}, backSeq: map[uint64]FlowID{}, down: map[BackendID]bool{},
 		srcAdmits: map[netip.Addr]uint64{},
-		record: record}
+		record:    record}
 	m, err := NewManager(Config{Seed: c.Seed, MaxFlows: c.MaxFlows, PendingLimit: c.PendingLimit, ExpiryBudget: c.ExpiryBudget, Pool: s.pool})
 	if err != nil {
 		tb.Fatalf("NewManager(%v): %v", c, err)
