@@ -52,7 +52,7 @@ fuzz-smoke:
 	  done; \
 	done
 
-## fuzz: longer fuzzing of every target (FUZZTIME=5m make fuzz).
+## fuzz: longer fuzzing of every target (FUZZTIME_LONG=5m make fuzz).
 fuzz:
 	$(MAKE) fuzz-smoke FUZZTIME=$(or $(FUZZTIME_LONG),2m)
 
