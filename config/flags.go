@@ -4,6 +4,7 @@ import (
 	"flag"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // QuickStartCluster and QuickStartListener name the cluster and listener a
@@ -172,6 +173,10 @@ func (f *Flags) Config() (*Config, error) {
 			continue
 		}
 		var val any = s.get(f)
+		if !utf8.ValidString(s.get(f)) {
+			// A config file is UTF-8 (TOML); a flag value must be too.
+			return nil, &Error{Flag: "--" + s.name, Msg: strconv.Quote(s.get(f)) + " is not valid UTF-8"}
+		}
 		if s.int {
 			n, err := strconv.ParseInt(s.get(f), 10, 64)
 			if err != nil {
