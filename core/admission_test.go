@@ -308,3 +308,35 @@ func BenchmarkAdmissionCheck(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLifecycleAdmission is BenchmarkDNSLifecycle (admit, resolve,
+// reply, close; batches of 64) with the per-source limit off and on (a rate
+// high enough that every flow is admitted, so both do the same work plus the
+// check), side by side: the difference is the check's cost per new flow.
+func BenchmarkLifecycleAdmission(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		name := "limit=off"
+		if on {
+			name = "limit=on"
+		}
+		b.Run(name, func(b *testing.B) {
+			r := newBenchRig(b, 10_000, benchCluster())
+			if on {
+				ev := ConfigEvent{Kind: ConfigSetAdmission, Admission: AdmissionConfig{Interval: 1, Burst: MaxAdmissionBurst}}
+				r.out = r.m.Handle(r.now, []Input{ConfigInput(ev)}, r.out[:0])
+			}
+			d := newBenchDNS(r)
+			for range 2 * benchBatch {
+				d.lifecycle(64)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				d.lifecycle(64)
+			}
+			if st := r.m.Stats(); st.Drops[DropRateLimited] != 0 || st.Closes[CloseResponses] == 0 {
+				b.Fatalf("stats %+v", st)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*64), "ns/flow")
+		})
+	}
+}
