@@ -155,6 +155,10 @@ func prefixMask(n int) (hi, lo uint64) {
 	return 0, 0
 }
 
+// SourceEvictions returns how many sources the admission table forgot while
+// their bucket was still refilling (also in [Stats]), without copying Stats.
+func (m *Manager) SourceEvictions() uint64 { return m.sources.evictions }
+
 // on reports whether the limit is configured.
 func (a *admission) on() bool { return a.interval != 0 }
 

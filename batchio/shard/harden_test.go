@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/fastudp/fastudp/core"
 )
 
@@ -265,5 +267,46 @@ func TestE2EProxyHeaderLookalikes(t *testing.T) {
 		if d.Header == nil || d.Header.Src != c.Addr() || d.Payload != string([][]byte{proxySig, proxySig[:7], append(append([]byte{}, proxySig...), 0x21), bogusLen}[i]) {
 			t.Errorf("datagram %d: %+v, want fastudp's header from %v and the payload whole", i, d, c.Addr())
 		}
+	}
+}
+
+// TestE2ESourceEvictionsCounted: more sources refilling at once than a
+// 64-entry table holds (16 sets of 4) make the core forget some; the shard
+// publishes the count, and the collector exports it.
+func TestE2ESourceEvictionsCounted(t *testing.T) {
+	t.Parallel()
+	be := newBackend(t, backendOpts{Prefix: "b:"})
+	o := oneListener("127.0.0.1:0", core.ClusterConfig{}, fixedPicker{{ID: 0, Addr: be.Addr}})
+	o.Core.Admission = core.AdmissionConfig{Interval: time.Hour, Burst: 1, TableSize: core.MinAdmissionTableSize}
+	g := startGroup(t, o)
+	const sources = 80
+	for i := range sources {
+		conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 1, byte(i+1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		c := &testClient{t: t, conn: conn, to: g.addr(), buf: make([]byte, 2048), oob: make([]byte, 128)}
+		c.roundTrip("b:", "hello")
+	}
+	// 80 sources in 16 sets of 4: at least 16 found their set full.
+	waitUntil(t, waitTimeout, "source evictions to be published", func() bool { return g.shard(ShardSourceEvictions) >= sources-64 })
+	if v := g.drop(core.DropRateLimited); v != 0 {
+		t.Errorf("rate_limited drops %d, want 0 (each source opened one flow)", v)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(g.Shards(), []ListenerLabels{{Listener: "l", Cluster: "c"}}, []BackendLabels{{Cluster: "c", Backend: "b0"}}))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() == "fastudp_source_evictions_total" {
+			found = mf.GetMetric()[0].GetCounter().GetValue() >= sources-64
+		}
+	}
+	if !found {
+		t.Error("fastudp_source_evictions_total missing or too low")
 	}
 }

@@ -434,6 +434,7 @@ func (s *Shard) Run(ctx context.Context) error {
 		}
 		s.publishDNS()
 		s.countSyscalls()
+		s.countSourceEvictions()
 		s.counters.publish()
 	}
 }
