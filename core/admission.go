@@ -201,3 +201,22 @@ found:
 	e.tat = t.Add(time.Duration(a.interval))
 	return true
 }
+
+// check verifies the limiter's shape: off with no table, or a power-of-two
+// table of the configured size whose set mask covers it exactly.
+func (a *admission) check() error {
+	switch {
+	case !a.on() && a.entries != nil:
+		return fmt.Errorf("admission: off with a table of %d entries", len(a.entries))
+	case !a.on():
+		return nil
+	case len(a.entries) != a.cfg.TableSize || bits.OnesCount(uint(len(a.entries))) != 1 ||
+		len(a.entries) < MinAdmissionTableSize || len(a.entries) > MaxAdmissionTableSize:
+		return fmt.Errorf("admission: table of %d entries, configured %d", len(a.entries), a.cfg.TableSize)
+	case int(a.setMask+1)*admissionWays != len(a.entries):
+		return fmt.Errorf("admission: set mask %#x for %d entries", a.setMask, len(a.entries))
+	case a.tau < 0:
+		return fmt.Errorf("admission: tolerance %d", a.tau)
+	}
+	return nil
+}
