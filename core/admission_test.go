@@ -340,3 +340,65 @@ func BenchmarkLifecycleAdmission(b *testing.B) {
 		})
 	}
 }
+
+// FuzzAdmission drives the limiter with any config (normalized as a config
+// event would be) and any sequence of clock steps and client addresses, and
+// checks every decision against a reference GCRA over an unbounded map with
+// prefixes masked by net/netip, until the bounded table first evicts a
+// refilling source (after which the two may differ, by design). The table
+// never changes size.
+func FuzzAdmission(f *testing.F) {
+	f.Add(int64(time.Second), 2, 32, 128, 64, []byte{0, 1, 0, 1, 0, 1, 255, 1, 0, 2})
+	f.Add(int64(time.Millisecond), 1, 24, 64, 0, []byte{7, 9, 7, 10, 200, 9, 0, 130, 0, 131})
+	f.Add(int64(1), 1<<30, 0, 0, 1<<30, []byte{1, 2, 3, 4})
+	f.Add(int64(-5), -1, 99, -3, 10, []byte{})
+	f.Fuzz(func(t *testing.T, interval int64, burst, p4, p6, size int, ops []byte) {
+		cfg := AdmissionConfig{Interval: time.Duration(interval), Burst: burst, PrefixV4: p4, PrefixV6: p6, TableSize: size % (1 << 16)}
+		a := &admission{}
+		a.configure(cfg, 7)
+		if err := a.check(); err != nil {
+			t.Fatal(err)
+		}
+		n := a.cfg
+		if !a.on() {
+			return
+		}
+		tau := Time(n.Burst-1) * Time(n.Interval)
+		if n.Interval > 0 && Time(n.Burst-1) > Never/Time(n.Interval) {
+			tau = Never
+		}
+		ref := map[netip.Addr]Time{}
+		now := Time(0)
+		for i := 0; i+1 < len(ops); i += 2 {
+			now += Time(ops[i]) * Time(n.Interval) / 16
+			sel := ops[i+1]
+			var ap netip.AddrPort
+			if sel&0x80 == 0 {
+				ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, sel & 0x40, 0, sel & 0x3f}), 1)
+			} else {
+				ap = netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 7: sel & 0x40, 15: sel & 0x3f}), 1)
+			}
+			c := toAddr(ap)
+			got := a.allow(now, &c)
+			if a.evictions > 0 {
+				return
+			}
+			bits := n.PrefixV6
+			if ap.Addr().Is4() {
+				bits = n.PrefixV4
+			}
+			src := netip.PrefixFrom(ap.Addr(), bits).Masked().Addr()
+			tat := max(ref[src], now)
+			want := tat-now <= tau
+			if want {
+				ref[src] = tat.Add(n.Interval)
+			}
+			if got != want {
+				t.Fatalf("step %d at %d: %v (source %v) allowed %v, reference %v", i/2, now, ap, src, got, want)
+			}
+		}
+		if err := a.check(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
