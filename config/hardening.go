@@ -19,6 +19,8 @@ const (
 	DefaultAmplificationAllowance = 1500
 	// MaxAmplification bounds max_amplification.
 	MaxAmplification = 1 << 20
+	// MaxAmplificationAllowance bounds amplification_allowance (1 MiB).
+	MaxAmplificationAllowance = 1 << 20
 )
 
 // SourceLimit is the per-source new-flow limit (the top-level source_* keys):
@@ -83,5 +85,5 @@ func (v *validator) sourceLimit(sl *SourceLimit) {
 
 func (v *validator) amplification(cl *Cluster, path, item string) {
 	v.intRangeAt(int(cl.MaxAmplification), 0, MaxAmplification, joinPath(path, "max_amplification"), item, "max_amplification")
-	v.intRangeAt(cl.AmplificationAllowance, 0, core.MaxDatagramSize*16, joinPath(path, "amplification_allowance"), item, "amplification_allowance")
+	v.intRangeAt(cl.AmplificationAllowance, 0, MaxAmplificationAllowance, joinPath(path, "amplification_allowance"), item, "amplification_allowance")
 }
