@@ -79,6 +79,9 @@ type Stats struct {
 	BytesOut     uint64
 	Drops        [NumDropReasons]uint64 // datagrams, by reason
 	Closes       [NumCloseReasons]uint64
+	// SourceEvictions counts sources the admission table forgot while their
+	// bucket was still refilling (see [AdmissionConfig]).
+	SourceEvictions uint64
 }
 
 // Manager is one shard's flow engine. It is not safe for concurrent use: the
@@ -110,6 +113,9 @@ type Manager struct {
 	// the data path skips the lookup while none is.
 	down      []uint64
 	downCount int
+
+	// sources is the per-source new-flow limiter (admission.go).
+	sources admission
 
 	release [][]byte // pool buffers referenced by the last call's outputs
 	arena   []byte   // PROXY v2 headers of the current call
@@ -148,6 +154,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		armed:        Never,
 	}
 	m.table.init(0)
+	m.sources.configure(cfg.Admission, cfg.Seed)
 	return m, nil
 }
 
@@ -326,6 +333,10 @@ func (m *Manager) onClient(now Time, in *Input) {
 		if !ok {
 			if m.draining {
 				m.drop(DropDraining, segmentCount(len(payload), seg), len(payload))
+				return
+			}
+			if m.sources.on() && !m.sources.allow(now, &k.client) {
+				m.drop(DropRateLimited, segmentCount(len(payload), seg), len(payload))
 				return
 			}
 			if m.stats.Active >= m.maxFlows {
@@ -635,6 +646,24 @@ func (m *Manager) onBackend(now Time, in *Input) {
 			seg = 0
 		}
 	}
+	ampCut, ampBytes := 0, 0
+	if cfg.MaxAmplification > 0 {
+		if fit := amplificationFit(f, cfg, len(chunk), seg, take); fit < take {
+			keep := fit * seg // fit > 0 only for a run (seg > 0)
+			ampCut, ampBytes = take-fit, len(chunk)-keep
+			chunk, take = chunk[:keep], fit
+			if take == 1 {
+				seg = 0
+			}
+			if take == 0 {
+				m.drop(DropAmplification, ampCut, ampBytes)
+				if rest := n - ampCut; rest > 0 {
+					m.drop(DropFlowClosed, rest, len(payload)-ampBytes)
+				}
+				return // a dropped datagram never refreshes a flow
+			}
+		}
+	}
 	f.responses += uint32(take)
 	f.datagramsOut += uint64(take)
 	f.bytesOut += uint64(len(chunk))
@@ -645,8 +674,11 @@ func (m *Manager) onBackend(now Time, in *Input) {
 	o.Flow, o.Backend.ID = in.Flow, f.backend
 	o.Client, o.Local = f.key.client.addrPort(), f.key.local.addrPort()
 	o.Payload, o.SegmentSize = chunk, seg
-	if take < n {
-		m.drop(DropFlowClosed, n-take, len(payload)-len(chunk))
+	if ampCut > 0 {
+		m.drop(DropAmplification, ampCut, ampBytes)
+	}
+	if take+ampCut < n {
+		m.drop(DropFlowClosed, n-take-ampCut, len(payload)-len(chunk)-ampBytes)
 	}
 	if cfg.Responses > 0 && uint64(f.responses) >= limit {
 		m.closeFlow(idx, now, CloseResponses)
@@ -812,6 +844,8 @@ func (m *Manager) onConfig(now Time, ev *ConfigEvent) {
 		m.markBackend(ev.Backend, true)
 	case ConfigBackendUp:
 		m.markBackend(ev.Backend, false)
+	case ConfigSetAdmission:
+		m.sources.configure(ev.Admission, m.cfg.Seed)
 	default:
 		m.metric(MetricInvalidInput, 0)
 	}
@@ -869,7 +903,11 @@ func (m *Manager) DownBackends(fn func(BackendID) bool) {
 }
 
 // Stats returns the running totals.
-func (m *Manager) Stats() Stats { return m.stats }
+func (m *Manager) Stats() Stats {
+	s := m.stats
+	s.SourceEvictions = m.sources.evictions
+	return s
+}
 
 // NextDeadline returns the deadline of the last OutArmTimer emitted.
 func (m *Manager) NextDeadline() Time { return m.armed }

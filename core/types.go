@@ -245,7 +245,8 @@ type FlowStats struct {
 type DropReason uint8
 
 // Drop reasons. Admission checks run in this order: DropOversize,
-// DropNoCluster, DropInvalid, (existing flow), DropDraining, DropShed.
+// DropNoCluster, DropInvalid, (existing flow), DropDraining,
+// DropRateLimited, DropShed.
 const (
 	// DropOversize: a datagram (or a GRO segment) longer than the maximum
 	// receive size.
@@ -271,11 +272,17 @@ const (
 	// DropFlowClosed: datagrams held for a flow that closed before its backend
 	// was resolved, or backend segments after the flow's last response.
 	DropFlowClosed
+	// DropRateLimited: a new flow from a source that exceeded its new-flow
+	// rate ([AdmissionConfig]).
+	DropRateLimited
+	// DropAmplification: backend datagrams beyond the flow's amplification
+	// budget ([ClusterConfig.MaxAmplification]).
+	DropAmplification
 	numDropReasons
 )
 
 var dropReasonNames = [...]string{"", "oversize", "no_cluster", "invalid", "draining", "shed",
-	"pending_overflow", "unknown_flow", "no_backend", "flow_closed"}
+	"pending_overflow", "unknown_flow", "no_backend", "flow_closed", "rate_limited", "amplification"}
 
 // NumDropReasons bounds the drop reasons, for arrays indexed by them.
 const NumDropReasons = int(numDropReasons)

@@ -449,6 +449,7 @@ func (s *Shard) Run(ctx context.Context) error {
 		}
 		s.publishDNS()
 		s.countSyscalls()
+		s.countSourceEvictions()
 		s.counters.publish()
 	}
 }
