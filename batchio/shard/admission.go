@@ -1,78 +1,10 @@
 package shard
 
-import "github.com/fastudp/fastudp/core"
-
-// newFlowBudget bounds the new flows a shard resolves per loop iteration. A
-// new flow costs a backend pick and an upstream socket (socket, bind,
-// connect, setsockopt, epoll_ctl: ~30 µs here, 30 times a forwarded
-// datagram), so a burst of new clients, such as a flood from ever-new
-// sources while max_flows still has room, could keep the loop away from
-// its upstream sockets and from the established clients' datagrams queued
-// behind the burst for tens of milliseconds (512 new flows read in one
-// wake-up: ~15 ms). Past the budget, flows wait for their backend in a FIFO
-// (their first datagrams held by the core, up to pending_limit) and are
-// resolved, budget by budget, in the following iterations, which read the
-// listeners and upstream sockets in between. 32 flows is about 1 ms of
-// socket set-up per iteration.
-const newFlowBudget = 32
-
-// admission is a shard's new-flow pacing state: the resolutions done in
-// the current loop iteration and the flows waiting for one.
-type admission struct {
-	used    int
-	waiting []waitingFlow // FIFO from head
-	head    int
-}
-
-// waitingFlow is a core SelectBackend output whose answer was put off.
-type waitingFlow struct {
-	flow    core.FlowID
-	cluster core.ClusterID
-	key     uint64
-}
-
-// pending reports whether flows are waiting for a backend.
-func (a *admission) pending() bool { return a.head < len(a.waiting) }
-
-// deferSelect takes a SelectBackend output: it returns false when the flow
-// may be resolved now (counting it against the budget), and true when it
-// was queued for a later iteration.
-func (s *Shard) deferSelect(o *core.Output) bool {
-	a := &s.admit
-	if !a.pending() && a.used < newFlowBudget {
-		a.used++
-		return false
+// countSourceEvictions copies the core's count of sources its per-source
+// admission table forgot while refilling into the shard's counters.
+func (s *Shard) countSourceEvictions() {
+	if e := s.mgr.SourceEvictions(); e != s.counters.local[ShardSourceEvictions] {
+		s.counters.local[ShardSourceEvictions] = e
+		s.counters.dirty = true
 	}
-	a.waiting = append(a.waiting, waitingFlow{flow: o.Flow, cluster: o.Cluster, key: o.Key})
-	s.counters.addShard(ShardFlowsDeferred, 1)
-	return true
-}
-
-// resolveWaiting starts a loop iteration's budget over and resolves up to
-// a budget of waiting flows, in order, through the core.
-func (s *Shard) resolveWaiting(now core.Time) {
-	a := &s.admit
-	a.used = 0
-	if !a.pending() {
-		return
-	}
-	for a.pending() && a.used < newFlowBudget {
-		w := a.waiting[a.head]
-		a.head++
-		a.used++
-		if b, ok := s.opts.Picker.Pick(w.cluster, w.key); ok {
-			s.inputs = append(s.inputs, core.Resolved(w.flow, b))
-		} else {
-			s.inputs = append(s.inputs, core.ResolveFailed(w.flow))
-		}
-	}
-	if !a.pending() {
-		a.waiting, a.head = a.waiting[:0], 0
-	} else if a.head >= 1024 && a.head*2 >= len(a.waiting) {
-		// Slide the rest to the front so the queue does not grow without
-		// bound while it never empties.
-		n := copy(a.waiting, a.waiting[a.head:])
-		a.waiting, a.head = a.waiting[:n], 0
-	}
-	s.process(now)
 }
