@@ -50,6 +50,7 @@ func (cl *Cluster) CoreConfig(id core.ClusterID) core.ClusterConfig {
 		ProxyProtocol: cl.ProxyProtocol,
 		// Flows of DNS mode are queries; the policy is for flows.
 		CloseOnBackendDown: cl.DownFlows == DownFlowsClose,
+		QUIC:               cl.QUICLB,
 	}
 }
 

@@ -2,11 +2,14 @@ package config
 
 import (
 	"bytes"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/fastudp/fastudp/quiclb"
 )
 
 // MarshalTOML writes c as a config file that [Parse] reads back to an equal
@@ -83,6 +86,13 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 		w("fail_open", cl.FailOpen)
 		w("down_flows", cl.DownFlows.String())
 		indent = "  "
+		if q := cl.QUICLB; q != (quiclb.Config{}) {
+			b.WriteString("\n  [cluster.quic_lb]\n")
+			w("config_id", int(q.ConfigID))
+			w("server_id_len", int(q.ServerIDLen))
+			w("nonce_len", int(q.NonceLen))
+			w("self_encoded_length", q.SelfEncodedLength)
+		}
 		h := &cl.Health
 		b.WriteString("\n  [cluster.health]\n")
 		w("type", h.Type.String())
@@ -110,6 +120,9 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 			w("weight", be.Weight)
 			if be.Backup {
 				w("backup", true)
+			}
+			if be.ServerID != "" {
+				w("server_id", hex.EncodeToString([]byte(be.ServerID)))
 			}
 		}
 		indent = ""
