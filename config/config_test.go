@@ -73,7 +73,7 @@ func exampleConfig() Config {
 				FrontTimeout: 30 * time.Second, BackTimeout: 30 * time.Second, Lifetime: 24 * time.Hour,
 				ProxyProtocol: core.ProxyFirst,
 				DNS:           DefaultDNS(), FailOpen: true, Health: DefaultHealth(),
-				QUICLB:        quiclb.Config{ServerIDLen: 2, NonceLen: 8},
+				QUICLB: quiclb.Config{ServerIDLen: 2, NonceLen: 8},
 				Backends: []Backend{
 					{Address: netip.MustParseAddrPort("[::1]:4434"), Weight: 100, ServerID: "\x0a\x01"},
 					{Name: "quic-b", Address: netip.MustParseAddrPort("127.0.0.1:4435"), Weight: 50, Backup: true, ServerID: "\x0a\x02"},
