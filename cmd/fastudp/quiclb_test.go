@@ -18,6 +18,8 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -625,4 +627,68 @@ func TestQUICLBPickPayload(t *testing.T) {
 func quicInitialPacket() []byte {
 	p := []byte{0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0}
 	return append(p, make([]byte, 100)...)
+}
+
+// TestQUICLBReload: a reload applies changed server IDs and quic_lb at
+// once: the new ID routes to its backend, the old one falls back.
+func TestQUICLBReload(t *testing.T) {
+	servers := []*quicTestServer{{name: "a", sid: []byte{0x0a, 0x01}, addr: netip.MustParseAddrPort("127.0.0.1:1001")},
+		{name: "b", sid: []byte{0x0b, 0x02}, addr: netip.MustParseAddrPort("127.0.0.1:1002")}}
+	front := freeUDPPort(t)
+	file := t.TempDir() + "/fastudp.toml"
+	write := func(cfg *config.Config) {
+		t.Helper()
+		data, err := cfg.MarshalTOML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := quicTestConfig(t, front, "quic", servers)
+	write(cfg)
+	p, err := startProxy(context.Background(), cfg, file, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop(0)
+	short := func(lb quiclb.Config, sid []byte) []byte {
+		var cid [quiclb.MaxCIDLen]byte
+		n, err := lb.Encode(cid[:], sid, make([]byte, lb.NonceLen), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append([]byte{0x40}, cid[:n]...)
+	}
+	fallback, _ := p.picker.Pick(0, 1)
+	other := servers[0]
+	if fallback.Addr == other.addr {
+		other = servers[1]
+	}
+	if b, _ := p.picker.PickPayload(0, 1, short(quicTestLB, other.sid)); b.Addr != other.addr {
+		t.Fatalf("before the reload: %v", b)
+	}
+	next := quicTestConfig(t, front, "quic", servers)
+	next.Clusters[0].QUICLB.NonceLen = 9
+	for i := range next.Clusters[0].Backends {
+		if next.Clusters[0].Backends[i].Address == other.addr {
+			next.Clusters[0].Backends[i].ServerID = "\x0c\x03"
+		}
+	}
+	write(next)
+	res, err := p.reload()
+	if err != nil || !slices.Contains(res.Clusters, "q") {
+		t.Fatalf("reload: %+v, %v", res, err)
+	}
+	lb := next.Clusters[0].QUICLB
+	if b, _ := p.picker.PickPayload(0, 1, short(lb, []byte{0x0c, 0x03})); b.Addr != other.addr {
+		t.Fatalf("the new server ID routes to %v, want %v", b, other.addr)
+	}
+	if b, _ := p.picker.PickPayload(0, 1, short(lb, other.sid)); b != fallback {
+		t.Fatalf("the old server ID routes to %v, want the fallback %v", b, fallback)
+	}
+	if p.cfg.Clusters[0].QUICLB != lb {
+		t.Fatalf("running quic_lb %+v, want %+v", p.cfg.Clusters[0].QUICLB, lb)
+	}
 }
