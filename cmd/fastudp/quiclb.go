@@ -52,7 +52,8 @@ var _ shard.PayloadPicker = (*clusterPicker)(nil)
 
 // PickPayload implements shard.PayloadPicker: for a cluster with affinity
 // "quic", a new flow whose first datagram's destination connection ID
-// carries the server ID of a usable backend goes to that backend (a client
+// carries the server ID of a backend that is up (draining or not) goes to
+// that backend (a client
 // that migrated or was rebound to a new address keeps its server, whose path
 // validation then takes over); any other flow is picked by the cluster's lb
 // with the core's key (a hash of a client-chosen ID for an Initial or 0-RTT
@@ -83,7 +84,9 @@ func (p *clusterPicker) PickPayload(cluster core.ClusterID, key uint64, payload 
 }
 
 // byServerID returns the backend with server ID sid if the cluster's current
-// health view has it usable.
+// health view has it serving: up, draining or not, since the datagram
+// belongs to a connection the backend has (a draining backend keeps its
+// connections, migrated or not).
 func (p *clusterPicker) byServerID(cluster core.ClusterID, r *quicRoutes, sid []byte) (core.Backend, bool) {
 	addr, ok := r.addrs[string(sid)]
 	if !ok {
@@ -95,7 +98,7 @@ func (p *clusterPicker) byServerID(cluster core.ClusterID, r *quicRoutes, sid []
 	}
 	v := hc.View()
 	i, ok := v.Table.IndexOf(addr)
-	if !ok || v.Usable != nil && !v.Usable.Has(i) {
+	if !ok || v.Serving != nil && !v.Serving.Has(i) {
 		return core.Backend{}, false
 	}
 	b := v.Table.Backend(i)
@@ -165,7 +168,7 @@ type quicCollector struct {
 
 func newQUICCollector(p *clusterPicker) *quicCollector {
 	return &quicCollector{p: p, routed: prometheus.NewDesc("fastudp_quic_lb_routed_total",
-		"New QUIC flows by how their backend was chosen: server_id (from the connection ID), cid_hash (an Initial or 0-RTT by its client-chosen ID), fallback (no known, usable server ID: the cluster's lb).",
+		"New QUIC flows by how their backend was chosen: server_id (from the connection ID), cid_hash (an Initial or 0-RTT by its client-chosen ID), fallback (no server ID of a backend that is up: the cluster's lb).",
 		[]string{"cluster", "route"}, nil)}
 }
 

@@ -571,9 +571,10 @@ func malformedDrops(p *proxy) uint64 {
 }
 
 // TestQUICLBPickPayload: the selector's choices, without sockets: a short
-// header with a known server ID goes to its backend, an unknown server ID
-// and a foreign config rotation fall back to lb, an Initial follows the
-// core's key; the counters add up; nothing allocates.
+// header with a known server ID goes to its backend (draining or not), an
+// unknown server ID and a foreign config rotation fall back to lb, an
+// Initial follows the core's key; the counters add up; nothing allocates;
+// a server ID change applies at once.
 func TestQUICLBPickPayload(t *testing.T) {
 	servers := []*quicTestServer{{name: "a", sid: []byte{0x0a, 0x01}, addr: netip.MustParseAddrPort("127.0.0.1:1001")},
 		{name: "b", sid: []byte{0x0b, 0x02}, addr: netip.MustParseAddrPort("127.0.0.1:1002")}}
@@ -610,6 +611,19 @@ func TestQUICLBPickPayload(t *testing.T) {
 	pl := short(servers[1].sid, quicTestLB.ConfigID)
 	if n := testing.AllocsPerRun(100, func() { p.picker.PickPayload(0, 9, pl) }); n != 0 {
 		t.Fatalf("PickPayload: %v allocations", n)
+	}
+	// A draining backend gets no new connection, but its own connections'
+	// datagrams (a migrated client's) still reach it.
+	if err := p.picker.setDraining(0, servers[0].addr, true); err != nil {
+		t.Fatal(err)
+	}
+	for key := range uint64(50) {
+		if b, _ := p.picker.Pick(0, key); b.Addr == servers[0].addr {
+			t.Fatal("a draining backend got a new flow")
+		}
+	}
+	if b, ok := p.picker.PickPayload(0, 1, short(servers[0].sid, quicTestLB.ConfigID)); !ok || b.Addr != servers[0].addr {
+		t.Fatalf("draining backend's server ID: %v %v", b, ok)
 	}
 	// A server ID change applies to new flows at once.
 	if err := p.picker.setServerID(0, servers[1].addr, "\x0c\x03"); err != nil {
