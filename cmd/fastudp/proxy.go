@@ -132,6 +132,7 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		GRO:             cfg.GRO,
 		NoGSO:           !cfg.GSO,
 		Steering:        steeringOptions(cfg),
+		FDCeiling:       shard.FDCeiling(noFileLimit()), // limits.go
 	})
 	if err != nil {
 		return fail(err)
@@ -141,6 +142,7 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 	p.registry = prometheus.NewRegistry()
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.registry.MustRegister(shard.NewDynamicCollector(g.Shards(), picker.listenerLabels(cfg), picker.labels))
+	p.registry.MustRegister(shard.NewResourceCollector(g.Shards(), picker.labels))
 	if dnsL := dnsListeners(cfg); slices.Contains(dnsL, true) {
 		p.registry.MustRegister(shard.NewDNSCollector(g.Shards(), picker.listenerLabels(cfg), picker.labels, dnsL))
 	}
