@@ -55,11 +55,18 @@ type quicTestServer struct {
 	name string
 	sid  []byte
 	addr netip.AddrPort
+	lb   quiclb.Config // the zero value means quicTestLB
 }
 
 func startQUICTestServer(t *testing.T, name string, sid []byte) *quicTestServer {
 	t.Helper()
-	gen, err := quicgo.New(quicTestLB, sid)
+	return startQUICTestServerLB(t, name, sid, quicTestLB)
+}
+
+// startQUICTestServerLB starts a server issuing connection IDs under lb.
+func startQUICTestServerLB(t *testing.T, name string, sid []byte, lb quiclb.Config) *quicTestServer {
+	t.Helper()
+	gen, err := quicgo.New(lb, sid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +89,7 @@ func startQUICTestServer(t *testing.T, name string, sid []byte) *quicTestServer 
 		udp.Close()
 		wg.Wait()
 	})
-	s := &quicTestServer{name: name, sid: sid, addr: udp.LocalAddr().(*net.UDPAddr).AddrPort()}
+	s := &quicTestServer{name: name, sid: sid, addr: udp.LocalAddr().(*net.UDPAddr).AddrPort(), lb: lb}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -155,7 +162,12 @@ func quicTestConfig(t *testing.T, front, affinity string, servers []*quicTestSer
 	fmt.Fprintf(&b, "[[listener]]\nname = \"q\"\naddress = %q\ncluster = \"q\"\n", front)
 	fmt.Fprintf(&b, "[[cluster]]\nname = \"q\"\nlb = \"maglev\"\naffinity = %q\n", affinity)
 	if affinity == "quic" {
-		fmt.Fprintf(&b, "quic_lb = { config_id = %d, server_id_len = %d, nonce_len = %d }\n", quicTestLB.ConfigID, quicTestLB.ServerIDLen, quicTestLB.NonceLen)
+		lb := quicTestLB
+		if servers[0].lb != (quiclb.Config{}) {
+			lb = servers[0].lb
+		}
+		fmt.Fprintf(&b, "quic_lb = { config_id = %d, server_id_len = %d, nonce_len = %d, self_encoded_length = %v }\n",
+			lb.ConfigID, lb.ServerIDLen, lb.NonceLen, lb.SelfEncodedLength)
 	}
 	for _, s := range servers {
 		fmt.Fprintf(&b, "  [[cluster.backend]]\n  name = %q\n  address = %q\n", s.name, s.addr)
@@ -377,22 +389,35 @@ func migrationRun(t *testing.T, p *proxy, front netip.AddrPort, servers []*quicT
 // halfway, migrates to a new local socket whose address ip-port routing
 // would send to the other server. Every migration validates and every
 // download completes on the server it started on: the new flow was routed
-// by the server ID in the connection ID. The counters show it.
+// by the server ID in the connection ID. The counters show it. It runs with
+// plaintext IDs, and with self-encoded lengths, another config rotation ID
+// and a 3-byte server ID.
 func TestQUICLBMigration(t *testing.T) {
-	servers := []*quicTestServer{startQUICTestServer(t, "a", []byte{0x0a, 0x01}), startQUICTestServer(t, "b", []byte{0x0b, 0x02})}
-	cfg := quicTestConfig(t, freeUDPPort(t), "quic", servers)
-	p := startTestProxy(t, cfg)
-	defer p.stop(0)
-	const clients = 4
-	for i, err := range migrationRun(t, p, p.addrs()[0], servers, clients) {
-		if err != nil {
-			t.Errorf("client %d: %v", i, err)
-		}
-	}
-	c := &p.picker.quic.counters[0]
-	t.Logf("routed: server_id %d, cid_hash %d, fallback %d", c.serverID.Load(), c.cidHash.Load(), c.fallback.Load())
-	if c.serverID.Load() < clients || c.cidHash.Load() < clients {
-		t.Errorf("routed by server ID %d, by CID hash %d; want at least %d each", c.serverID.Load(), c.cidHash.Load(), clients)
+	for _, tc := range []struct {
+		name   string
+		lb     quiclb.Config
+		sa, sb []byte
+	}{
+		{"plain", quicTestLB, []byte{0x0a, 0x01}, []byte{0x0b, 0x02}},
+		{"self-encoded", quiclb.Config{ConfigID: 5, ServerIDLen: 3, NonceLen: 8, SelfEncodedLength: true}, []byte{1, 2, 3}, []byte{4, 5, 6}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			servers := []*quicTestServer{startQUICTestServerLB(t, "a", tc.sa, tc.lb), startQUICTestServerLB(t, "b", tc.sb, tc.lb)}
+			cfg := quicTestConfig(t, freeUDPPort(t), "quic", servers)
+			p := startTestProxy(t, cfg)
+			defer p.stop(0)
+			const clients = 4
+			for i, err := range migrationRun(t, p, p.addrs()[0], servers, clients) {
+				if err != nil {
+					t.Errorf("client %d: %v", i, err)
+				}
+			}
+			c := &p.picker.quic.counters[0]
+			t.Logf("routed: server_id %d, cid_hash %d, fallback %d", c.serverID.Load(), c.cidHash.Load(), c.fallback.Load())
+			if c.serverID.Load() < clients || c.cidHash.Load() < clients {
+				t.Errorf("routed by server ID %d, by CID hash %d; want at least %d each", c.serverID.Load(), c.cidHash.Load(), clients)
+			}
+		})
 	}
 }
 
