@@ -48,9 +48,10 @@ type Config struct {
 	// NonceLen is at most 19.
 	NonceLen uint8
 	// SelfEncodedLength puts the connection ID's length minus one in the
-	// low 5 bits of the first octet (the draft's length self-description),
-	// for balancers that read a short header's DCID length from the ID
-	// itself.
+	// low 5 bits of the first octet (the draft's length self-description):
+	// the balancer reads a short header's DCID length from the ID itself,
+	// so servers may use different nonce lengths (NonceLen is then the
+	// length this server's IDs use).
 	SelfEncodedLength bool
 }
 
@@ -98,13 +99,19 @@ func (c *Config) Encode(dst, serverID, nonce []byte, random byte) (int, error) {
 }
 
 // ServerID returns the server ID in cid, or false when cid is not an ID of c:
-// another config rotation ID (or 7, unroutable), the wrong length, or a
-// self-encoded length that disagrees with len(cid).
+// another config rotation ID (or 7, unroutable), or the wrong length. With
+// SelfEncodedLength the length is the one the first octet gives, and any
+// nonce of at least [MinNonceLen] bytes is accepted (servers may differ in
+// nonce length); otherwise the ID must be [Config.CIDLen] bytes.
 func (c *Config) ServerID(cid []byte) ([]byte, bool) {
-	if len(cid) != c.CIDLen() || cid[0]>>5 != c.ConfigID {
+	if len(cid) == 0 || cid[0]>>5 != c.ConfigID {
 		return nil, false
 	}
-	if c.SelfEncodedLength && int(cid[0]&0x1f)+1 != len(cid) {
+	if c.SelfEncodedLength {
+		if int(cid[0]&0x1f)+1 != len(cid) || len(cid) < 1+int(c.ServerIDLen)+MinNonceLen {
+			return nil, false
+		}
+	} else if len(cid) != c.CIDLen() {
 		return nil, false
 	}
 	return cid[1 : 1+int(c.ServerIDLen)], true

@@ -203,9 +203,17 @@ func TestShortDCIDSelfEncoded(t *testing.T) {
 	if err != nil || len(d) != 10 {
 		t.Fatalf("dcid %x, %v", d, err)
 	}
-	// Longer than the config's IDs: not one of ours.
-	if _, ok := c.ServerID(d); ok {
-		t.Fatal("10-byte ID decoded under a 7-byte config")
+	// Longer than the config's own IDs: a server with a longer nonce.
+	if sid, ok := c.ServerID(d); !ok || !bytes.Equal(sid, []byte{1, 2}) {
+		t.Fatalf("10-byte self-encoded ID: %x %v", sid, ok)
+	}
+	// A length that disagrees with the first octet, or a nonce under 4
+	// bytes: not an ID of c.
+	if _, ok := c.ServerID(d[:9]); ok {
+		t.Fatal("an ID shorter than its encoded length decoded")
+	}
+	if _, ok := c.ServerID([]byte{2<<5 | 5, 1, 2, 3, 4, 5}); ok {
+		t.Fatal("a 3-byte nonce decoded")
 	}
 	if _, err := c.ShortDCID([]byte{0x40, 3 << 5}); !errors.Is(err, ErrUnroutable) {
 		t.Fatalf("other config: %v", err)
