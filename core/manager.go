@@ -540,8 +540,9 @@ func (m *Manager) hold(f *flow, payload []byte, seg int, tos uint8) int {
 }
 
 // forward emits payload to the flow's backend, with a PROXY v2 header when the
-// cluster asks for one. A header can only precede a single datagram, so a GRO
-// run that needs one is split.
+// cluster asks for one. Under ProxyEvery a GRO run stays one output whose
+// Header precedes every segment; under ProxyFirst the header rides with the
+// first segment alone, and the rest goes on as a run.
 func (m *Manager) forward(f *flow, idx uint32, payload []byte, seg int, tos uint8) {
 	cfg := &m.versions[f.cfg].cfg
 	f.datagramsIn += uint64(segmentCount(len(payload), seg))
@@ -549,39 +550,26 @@ func (m *Manager) forward(f *flow, idx uint32, payload []byte, seg int, tos uint
 	m.stats.DatagramsIn += uint64(segmentCount(len(payload), seg))
 	m.stats.BytesIn += uint64(len(payload))
 	needHeader := cfg.ProxyProtocol == ProxyEvery || (cfg.ProxyProtocol == ProxyFirst && !f.ppSent)
+	o := m.slot()
+	o.Kind, o.TOS, o.Listener, o.Cluster = OutSendToBackend, tos, f.key.listener, cfg.Cluster
+	o.Flow, o.Backend.ID = makeFlowID(idx, f.gen), f.backend
+	o.Payload, o.SegmentSize = payload, seg
 	if !needHeader {
-		o := m.slot()
-		o.Kind, o.TOS, o.Listener, o.Cluster = OutSendToBackend, tos, f.key.listener, cfg.Cluster
-		o.Flow, o.Backend.ID = makeFlowID(idx, f.gen), f.backend
-		o.Payload, o.SegmentSize = payload, seg
 		return
 	}
-	o := Output{
-		Kind:     OutSendToBackend,
-		TOS:      tos,
-		Listener: f.key.listener,
-		Cluster:  cfg.Cluster,
-		Flow:     makeFlowID(idx, f.gen),
-		Backend:  Backend{ID: f.backend},
-	}
 	f.ppSent = true
-	hdr := m.proxyHeader(f, cfg)
-	for len(payload) > 0 {
-		one := payload
-		if seg > 0 && seg < len(payload) {
-			one = payload[:seg]
-		}
-		o.Header, o.Payload, o.SegmentSize = hdr, one, 0
-		m.emit(o)
-		payload = payload[len(one):]
-		if cfg.ProxyProtocol == ProxyFirst && len(payload) > 0 {
-			o.Header, o.Payload, o.SegmentSize = nil, payload, seg
-			if seg >= len(payload) {
-				o.SegmentSize = 0
-			}
-			m.emit(o)
-			return
-		}
+	o.Header = m.proxyHeader(f, cfg)
+	if cfg.ProxyProtocol == ProxyEvery || seg == 0 {
+		return
+	}
+	// ProxyFirst: the header and the first segment make one datagram.
+	o.Payload, o.SegmentSize = payload[:seg], 0
+	rest := payload[seg:]
+	o = m.slot()
+	*o = m.out[len(m.out)-2]
+	o.Header, o.Payload, o.SegmentSize = nil, rest, seg
+	if seg >= len(rest) {
+		o.SegmentSize = 0
 	}
 }
 

@@ -52,6 +52,8 @@ type GroupOptions struct {
 	// Steering chooses each listener's shard per datagram (an eBPF
 	// program); the zero value leaves it to the kernel's hash.
 	Steering SteeringOptions
+	// upstreamHook is as in [Options] (tests only).
+	upstreamHook func(fd int)
 }
 
 // Group runs the shards of one proxy process.
@@ -126,7 +128,13 @@ func NewGroup(o GroupOptions) (*Group, error) {
 	for si := 0; si < o.Shards; si++ {
 		fds := make([]int, 0, len(o.Listeners))
 		for li, l := range o.Listeners {
-			fd, err := batchio.ListenUDP(g.addrs[li], o.Listen)
+			lo := o.Listen
+			if l.DNS != nil {
+				// DNS clients send separate queries, which UDP_GRO never
+				// coalesces: it would only cost 64 KiB receive buffers.
+				lo.GRO = false
+			}
+			fd, err := batchio.ListenUDP(g.addrs[li], lo)
 			if err != nil {
 				return fail(fmt.Errorf("listener %q on %v: %w", l.Name, g.addrs[li], err), fds)
 			}
@@ -159,6 +167,7 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			Logger:           o.Logger,
 			AccessLog:        o.AccessLog,
 			FDCeiling:        o.FDCeiling,
+			upstreamHook:     o.upstreamHook,
 		})
 		if err != nil {
 			return fail(err, fds)
