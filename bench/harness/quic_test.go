@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -58,7 +59,9 @@ func TestQUICBulk(t *testing.T) {
 			t.Errorf("fastudp has no CPU or syscall figures: %+v", m)
 		}
 	}
-	if !strings.Contains(out.String(), "| fastudp | 0.") && !strings.Contains(out.String(), "| fastudp | 1.") {
+	// Under load a ratio can be anything positive (3.92 was seen): check
+	// that one is reported, not its value.
+	if !regexp.MustCompile(`\| fastudp \| [0-9]+\.[0-9]`).MatchString(out.String()) {
 		t.Errorf("no bytes ratio to direct in the report:\n%s", out.String())
 	}
 }
