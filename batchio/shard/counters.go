@@ -27,7 +27,7 @@ const (
 	ShardRecvmmsg               // recvmmsg calls (listeners and upstreams)
 	ShardSendmmsg               // sendmmsg calls (listeners and upstreams)
 	ShardSourceEvictions        // sources the core's admission table forgot while refilling (core.Manager.SourceEvictions)
-	ShardFlowsDeferred          // new flows whose backend pick waited for a later loop iteration (pacing.go)
+	ShardFlowsDeferred          // new flows whose upstream socket waited for a later loop iteration (pacing.go)
 	numShardCounters
 )
 

@@ -122,6 +122,16 @@ type gatePicker struct {
 	mu      sync.Mutex
 	gate    chan struct{}
 	entered chan struct{}
+	// PickPayload records each new flow's first datagram as it sees it
+	// (the core only lends it until its next Handle call).
+	payloads []string
+}
+
+func (p *gatePicker) PickPayload(c core.ClusterID, key uint64, payload []byte) (core.Backend, bool) {
+	p.mu.Lock()
+	p.payloads = append(p.payloads, string(payload))
+	p.mu.Unlock()
+	return p.Pick(c, key)
 }
 
 func (p *gatePicker) Pick(core.ClusterID, uint64) (core.Backend, bool) {
@@ -225,6 +235,25 @@ func TestE2ENewFlowBurstPaced(t *testing.T) {
 			flood, 2*newFlowBudget)
 	}
 	waitValue(t, "flows created", func() uint64 { return g.listener(ListenerFlowsCreated) }, burst+2)
+	// Every flow, deferred or not, was picked with its own first datagram
+	// (a payload router such as QUIC-LB reads it).
+	p.mu.Lock()
+	seen := map[uint32]bool{}
+	for _, pl := range p.payloads {
+		if pl == "established-1" || pl == "blocker" {
+			continue
+		}
+		h, err := loadgen.ParseHeader([]byte(pl))
+		if err != nil || seen[h.Conn] {
+			t.Errorf("picked with payload %q (%v, seen before: %v)", pl, err, seen[h.Conn])
+			continue
+		}
+		seen[h.Conn] = true
+	}
+	p.mu.Unlock()
+	if len(seen) != burst {
+		t.Errorf("%d distinct burst flows picked with their datagram, want %d", len(seen), burst)
+	}
 	// The burst was read in one wake-up: all but about one budget waited.
 	if d := g.shard(ShardFlowsDeferred); d < burst-2*newFlowBudget || d > burst {
 		t.Errorf("%d new flows deferred, want %d to %d of a burst of %d", d, burst-2*newFlowBudget, burst, burst)

@@ -70,7 +70,7 @@ func NewDynamicCollector(shards []*Shard, listeners []ListenerLabels, backends f
 		gsoFallbacks:        d("gso_fallbacks_total", "Sockets whose GSO send the kernel refused (EIO, EINVAL, EMSGSIZE); they send runs as single datagrams from then on.", sl),
 		splitDrops:          d("gso_split_drops_total", "Datagrams of a run lost when its non-GSO resend stopped part way.", sl),
 		sourceEvictions:     d("source_evictions_total", "Sources the per-source admission table forgot while their bucket was refilling (source_table_size too small).", sl),
-		newFlowsDeferred:    d("new_flows_deferred_total", "New flows whose backend pick and upstream socket waited for a later loop iteration (more than 32 new flows in one).", sl),
+		newFlowsDeferred:    d("new_flows_deferred_total", "New flows whose upstream socket waited for a later loop iteration (more than 32 new flows in one).", sl),
 		syscalls:            d("shard_syscalls_total", "recvmmsg and sendmmsg calls of the shard (with bytes moved, syscalls per MB).", append(sl, "call")),
 		rxDatagrams:         d("listener_rx_datagrams_total", "Datagrams received from clients.", ll),
 		rxBytes:             d("listener_rx_bytes_total", "Bytes received from clients.", ll),

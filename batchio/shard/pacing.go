@@ -3,17 +3,18 @@ package shard
 import "github.com/fastudp/fastudp/core"
 
 // newFlowBudget bounds the new flows a shard resolves per loop iteration. A
-// new flow costs a backend pick and an upstream socket (socket, bind,
-// connect, setsockopt, epoll_ctl: ~30 µs here, 30 times a forwarded
-// datagram), so a burst of new clients, such as a flood from ever-new
-// sources while max_flows still has room, could keep the loop away from
-// its upstream sockets and from the established clients' datagrams queued
-// behind the burst for tens of milliseconds (512 new flows read in one
-// wake-up: ~15 ms). Past the budget, flows wait for their backend in a FIFO
-// (their first datagrams held by the core, up to pending_limit) and are
-// resolved, budget by budget, in the following iterations, which read the
-// listeners and upstream sockets in between. 32 flows is about 1 ms of
-// socket set-up per iteration.
+// new flow costs an upstream socket (socket, bind, connect, setsockopt,
+// epoll_ctl: ~30 µs here, 30 times a forwarded datagram), so a burst of new
+// clients, such as a flood from ever-new sources while max_flows still has
+// room, could keep the loop away from its upstream sockets and from the
+// established clients' datagrams queued behind the burst for tens of
+// milliseconds (512 new flows read in one wake-up: ~15 ms). Past the
+// budget, a flow's backend is picked at once (the pick may read the first
+// datagram, which is only borrowed) but its answer to the core, and so its
+// upstream socket, waits in a FIFO (its first datagrams held by the core,
+// up to pending_limit) and is given, budget by budget, in the following
+// iterations, which read the listeners and upstream sockets in between. 32
+// flows is about 1 ms of socket set-up per iteration.
 const newFlowBudget = 32
 
 // pacing is a shard's new-flow pacing state: the resolutions done in
@@ -24,26 +25,26 @@ type pacing struct {
 	head    int
 }
 
-// waitingFlow is a core SelectBackend output whose answer was put off.
+// waitingFlow is a new flow whose backend was picked but not yet given to
+// the core.
 type waitingFlow struct {
 	flow    core.FlowID
-	cluster core.ClusterID
-	key     uint64
+	backend core.Backend
 }
 
 // pending reports whether flows are waiting for a backend.
 func (a *pacing) pending() bool { return a.head < len(a.waiting) }
 
-// deferSelect takes a SelectBackend output: it returns false when the flow
-// may be resolved now (counting it against the budget), and true when it
-// was queued for a later iteration.
-func (s *Shard) deferSelect(o *core.Output) bool {
+// deferResolved takes a new flow's picked backend: it returns false when
+// the core may be told now (counting it against the budget), and true when
+// the answer was queued for a later iteration.
+func (s *Shard) deferResolved(flow core.FlowID, b core.Backend) bool {
 	a := &s.admit
 	if !a.pending() && a.used < newFlowBudget {
 		a.used++
 		return false
 	}
-	a.waiting = append(a.waiting, waitingFlow{flow: o.Flow, cluster: o.Cluster, key: o.Key})
+	a.waiting = append(a.waiting, waitingFlow{flow: flow, backend: b})
 	s.counters.addShard(ShardFlowsDeferred, 1)
 	return true
 }
@@ -60,11 +61,7 @@ func (s *Shard) resolveWaiting(now core.Time) {
 		w := a.waiting[a.head]
 		a.head++
 		a.used++
-		if b, ok := s.opts.Picker.Pick(w.cluster, w.key); ok {
-			s.inputs = append(s.inputs, core.Resolved(w.flow, b))
-		} else {
-			s.inputs = append(s.inputs, core.ResolveFailed(w.flow))
-		}
+		s.inputs = append(s.inputs, core.Resolved(w.flow, w.backend))
 	}
 	if !a.pending() {
 		a.waiting, a.head = a.waiting[:0], 0

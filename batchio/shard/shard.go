@@ -683,10 +683,11 @@ func (s *Shard) process(now core.Time) {
 func (s *Shard) apply(o *core.Output) {
 	switch o.Kind {
 	case core.OutSelectBackend:
-		if s.deferSelect(o) {
-			return // resolved in a later loop iteration
+		b, ok := s.pick(o) // now: o.Payload is only borrowed until the next Handle
+		if ok && s.deferResolved(o.Flow, b) {
+			return // the flow's upstream opens in a later loop iteration (pacing.go)
 		}
-		if b, ok := s.opts.Picker.Pick(o.Cluster, o.Key); ok {
+		if ok {
 			s.follow = append(s.follow, core.Resolved(o.Flow, b))
 		} else {
 			s.follow = append(s.follow, core.ResolveFailed(o.Flow))

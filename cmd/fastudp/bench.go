@@ -55,7 +55,8 @@ Targets: fastudp (1 shard), fastudp-N (N shards), fastudp-dns and
 fastudp-dns-N (fastudp run --mode dns; DNS scenarios only), each also with
 -nogso (--gro=false --gso=false, e.g. fastudp-nogso) or @PATH (the fastudp
 binary at PATH, e.g. fastudp@/tmp/fastudp-main, to compare two builds in
-one interleaved run), floor (minimal
+one interleaved run), fastudp-quic (--affinity quic with a QUIC-LB server
+ID; quic-bulk only), floor (minimal
 recvmmsg/sendmmsg forwarders), nginx, dnsdist, socat, direct (no proxy).
 Peers come from apt (nginx libnginx-mod-stream dnsdist socat knot dnsperf);
 a missing one is skipped with a note, or is an error when CI=true.

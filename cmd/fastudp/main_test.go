@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -147,10 +148,5 @@ func TestRunQuickStartAndSIGTERM(t *testing.T) {
 
 func freeUDPPort(t *testing.T) string {
 	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().String()
+	return fmt.Sprintf("127.0.0.1:%d", freeTCPAndUDPPort(t))
 }

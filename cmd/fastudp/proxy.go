@@ -151,6 +151,7 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		names[i] = l.Name
 	}
 	p.registry.MustRegister(shard.NewSteeringCollector(g, names))
+	p.registry.MustRegister(newQUICCollector(picker))
 	if cfg.Metrics != "" {
 		ln, err := net.Listen("tcp", cfg.Metrics)
 		if err != nil {
