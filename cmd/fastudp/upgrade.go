@@ -242,6 +242,15 @@ func (p *proxy) upgrade() (control.UpgradeResult, error) {
 // (the upgrade's own), leaving the socket file to the new process, and exits
 // without closing a flow.
 func (p *proxy) exitAfterHandover() {
+	// Stop accepting on the listeners the new process serves too (closing
+	// this process's descriptor leaves the socket open there): a
+	// connection accepted here now would be cut when this process exits.
+	for _, t := range p.dnsTCP {
+		_ = t.srv.Close()
+	}
+	if p.metrics != nil {
+		_ = p.metrics.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for _, s := range []*control.Server{p.control, p.ctlTCP} {

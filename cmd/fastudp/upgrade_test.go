@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -467,6 +468,94 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 	for flow, srcs := range be.srcs {
 		if len(srcs) != 1 {
 			t.Errorf("flow %s from %d sources", flow, len(srcs))
+		}
+	}
+}
+
+// dnsEcho answers every DNS query, over UDP and TCP on one port, with the
+// query itself with QR set.
+func dnsEcho(t *testing.T) netip.AddrPort {
+	t.Helper()
+	port := freeTCPAndUDPPort(t)
+	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close(); l.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, from, err := u.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if n > 2 {
+				buf[2] |= 0x80
+				_, _ = u.WriteToUDPAddrPort(buf[:n], from)
+			}
+		}
+	}()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var msg [4098]byte
+				for {
+					if _, err := io.ReadFull(c, msg[:2]); err != nil {
+						return
+					}
+					n := int(msg[0])<<8 | int(msg[1])
+					if _, err := io.ReadFull(c, msg[2:2+n]); err != nil || n < 3 {
+						return
+					}
+					msg[4] |= 0x80
+					if _, err := c.Write(msg[:2+n]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+}
+
+// TestUpgradeDNSMode upgrades a DNS-mode proxy with DNS over TCP: queries
+// over UDP and TCP are answered by the new process (whose TCP listener is
+// the one handed over).
+func TestUpgradeDNSMode(t *testing.T) {
+	be := dnsEcho(t)
+	front := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeTCPAndUDPPort(t)))
+	conf := fmt.Sprintf("shards = 1\ngrace_period = \"1s\"\ncontrol = \"@SOCK@\"\n[[listener]]\nname = \"dns\"\naddress = %q\ncluster = \"c\"\n"+
+		"[[cluster]]\nname = \"c\"\nmode = \"dns\"\n  [[cluster.backend]]\n  address = %q\n", front.String(), be.String())
+	p := startUpgradable(t, conf)
+	for i := range 3 {
+		old := p.pid(t)
+		q := mustQuery(t, uint16(10+i), "upgrade.example.test.", 1, 0)
+		if _, err := udpQuery(front, q, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := p.ctl.Upgrade(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("upgrade %d: %v", i, err)
+		}
+		if got := p.waitNewPID(t, old); got != res.NewPID {
+			t.Fatalf("pid %d, upgrade said %d", got, res.NewPID)
+		}
+		if a, err := udpQuery(front, q, 5*time.Second); err != nil || len(a) != len(q) {
+			t.Fatalf("udp after upgrade %d: %v", i, err)
+		}
+		if a, err := tcpQuery(front, q); err != nil || len(a) != len(q) {
+			t.Fatalf("tcp after upgrade %d: %q, %v", i, a, err)
 		}
 	}
 }
