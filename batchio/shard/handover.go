@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fastudp/fastudp/batchio"
+	"github.com/fastudp/fastudp/bpf"
 	"github.com/fastudp/fastudp/core"
 )
 
@@ -75,6 +76,9 @@ type QueuedDatagram struct {
 type GroupState struct {
 	Addrs  []netip.AddrPort
 	Shards []ShardState
+	// Steering holds, per listener, the descriptors of its steering
+	// program and maps ([bpf.Steering.FDs]); nil when none is loaded.
+	Steering [][]int
 }
 
 // FDs returns every socket of the state, listeners first, in a fixed order.
@@ -87,6 +91,9 @@ func (st *GroupState) FDs() []int {
 		for _, u := range st.Shards[i].Upstreams {
 			fds = append(fds, u.FD)
 		}
+	}
+	for _, s := range st.Steering {
+		fds = append(fds, s...)
 	}
 	return fds
 }
@@ -112,6 +119,10 @@ func MarshalState(st *GroupState) ([]byte, error) {
 			s.Upstreams[j].FD = -1
 		}
 		c.Shards[i] = s
+	}
+	c.Steering = make([][]int, len(st.Steering))
+	for i, s := range st.Steering {
+		c.Steering[i] = make([]int, len(s))
 	}
 	b, err := json.Marshal(&c)
 	if err != nil {
@@ -163,6 +174,18 @@ func UnmarshalState(b []byte, fds []int) (*GroupState, error) {
 				return nil, err
 			}
 			u.FD = fd
+		}
+	}
+	if len(st.Steering) != 0 && len(st.Steering) != len(st.Addrs) {
+		return nil, fmt.Errorf("shard: steering state for %d listeners, %d listeners", len(st.Steering), len(st.Addrs))
+	}
+	for i := range st.Steering {
+		for j := range st.Steering[i] {
+			fd, err := take()
+			if err != nil {
+				return nil, err
+			}
+			st.Steering[i][j] = fd
 		}
 	}
 	if next != len(fds) {
@@ -231,6 +254,13 @@ func (g *Group) Pause(ctx context.Context) (*Handover, error) {
 		s.Send(Control{handover: &handoverRequest{reply: reply, decision: d}})
 	}
 	h := &Handover{decision: d, g: g, State: GroupState{Addrs: g.addrs, Shards: make([]ShardState, len(g.shards))}}
+	g.steerMu.Lock()
+	if len(g.progs) == len(g.addrs) {
+		for _, p := range g.progs {
+			h.State.Steering = append(h.State.Steering, p.FDs())
+		}
+	}
+	g.steerMu.Unlock()
 	var errs []error
 	for range g.shards {
 		select {
@@ -427,4 +457,42 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// adoptSteering takes over the steering programs handed over with the
+// state: the program stays attached and its sockarray keeps the same
+// sockets (see [bpf.Adopt]). Steering turned off detaches it.
+func (g *Group) adoptSteering(o GroupOptions, lfds [][]int, cpus []int) error {
+	so := o.Steering
+	g.steering = SteeringStatus{Requested: so.Mode, Key: so.Key, Active: SteeringActiveKernel}
+	st := o.Resume.Steering
+	if so.Mode == bpf.ModeKernel {
+		for li, fds := range st {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			if err := bpf.Detach(lfds[li][0]); err != nil {
+				return fmt.Errorf("listener %q: steering off: %w", o.Listeners[li].Name, err)
+			}
+		}
+		return nil
+	}
+	pinned := shardCPUs(o.Shards, cpus)
+	for li, fds := range st {
+		st[li] = nil // Adopt owns them now
+		s, err := bpf.Adopt(bpf.Options{Mode: so.Mode, Key: so.Key, Seed: so.Seed, Shards: o.Shards, CPUs: pinned}, fds)
+		if err != nil {
+			for _, rest := range st[li+1:] {
+				for _, fd := range rest {
+					unix.Close(fd)
+				}
+			}
+			return fmt.Errorf("listener %q: steering: %w", o.Listeners[li].Name, err)
+		}
+		g.steerMu.Lock()
+		g.progs = append(g.progs, s)
+		g.steerMu.Unlock()
+	}
+	g.steering.Active = so.Mode.String()
+	return nil
 }

@@ -298,17 +298,36 @@ func upgradeConfig(t *testing.T, front netip.AddrPort, backends ...netip.AddrPor
 // echo (0 lost), each backend sees one source address and port per flow
 // across all the upgrades, ctl status shows each new pid, each old process
 // exits, and new flows work afterwards.
-func TestUpgradeUnderLoad(t *testing.T) {
+func TestUpgradeUnderLoad(t *testing.T) { upgradeUnderLoad(t, "", 3) }
+
+// TestUpgradeSteeringHash is TestUpgradeUnderLoad with the eBPF steering
+// program (hash policy): each new process attaches its own program to the
+// handed-over sockets, and steering stays active.
+func TestUpgradeSteeringHash(t *testing.T) {
+	requireRoot(t)
+	p := upgradeUnderLoad(t, "steering = \"hash\"\n", 2)
+	b, err := os.ReadFile(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "active=hash"); n != 3 {
+		t.Errorf("%d processes logged active=hash steering, want 3:\n%s", n, grepLines(string(b), "steering"))
+	}
+}
+
+// upgradeUnderLoad runs the load and upgrades of TestUpgradeUnderLoad with
+// extra top-level configuration.
+func upgradeUnderLoad(t *testing.T, extra string, upgrades int) *upgradeProc {
 	b1, b2 := newSourceEcho(t), newSourceEcho(t)
 	front := netip.MustParseAddrPort(freeUDPPort(t))
-	p := startUpgradable(t, upgradeConfig(t, front, b1.addr, b2.addr))
+	p := startUpgradable(t, extra+upgradeConfig(t, front, b1.addr, b2.addr))
 	flows, stop := startLoad(t, front, "f", 20, 20*time.Millisecond)
 	time.Sleep(time.Second)
 	pids := []int{p.pid(t)}
 	if !p.notified("READY=1") {
 		t.Error("no READY=1 for the service manager")
 	}
-	for i := range 3 {
+	for i := range upgrades {
 		old := pids[len(pids)-1]
 		var pid int
 		if i%2 == 0 {
@@ -353,7 +372,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			}
 		}
 		total += f.sent
-		if lost > 0 || f.sent < 150 {
+		if lost > 0 || f.sent < 50*(upgrades+1) {
 			t.Errorf("flow %s: %d of %d datagrams lost", f.name, lost, f.sent)
 		}
 		f.mu.Unlock()
@@ -387,6 +406,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "new 0" {
 		t.Fatalf("new flow: %q, %v", buf[:n], err)
 	}
+	return p
 }
 
 // TestUpgradeFailureKeepsServing: a new binary that exits at once, one that
