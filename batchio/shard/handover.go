@@ -371,6 +371,11 @@ func (s *Shard) adopt(st *ShardState) error {
 			backend = s.opts.RemapBackend(backend)
 		}
 		s.ups[idx] = upstream{fd: u.FD, flow: u.Flow, backend: backend, listener: u.Listener, gsoOff: u.GSOOff || s.opts.NoGSO}
+		if !s.opts.GRO {
+			// The old process may have had GRO on: runs would not fit
+			// this process's receive buffers.
+			_ = unix.SetsockoptInt(u.FD, unix.SOL_UDP, unix.UDP_GRO, 0)
+		}
 		if _, ok := s.mgr.Flow(u.Flow); !ok {
 			return fmt.Errorf("shard %d: upstream socket of flow %v, which the core does not have", s.opts.Index, u.Flow)
 		}
