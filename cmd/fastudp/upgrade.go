@@ -433,6 +433,9 @@ type takeover struct {
 	extra    map[string]*os.File
 	backends []hoBackend
 	oldPID   int
+	// offered is when the state started to arrive (the old shards paused);
+	// received when all of it had.
+	offered, received time.Time
 }
 
 // takeoverFromEnv runs the new side up to the state when this process was
@@ -474,7 +477,7 @@ func (t *takeover) receive(cfg *config.Config) error {
 	if offer.Type != "offer" || offer.FDs < len(offer.Extra) || offer.StateLen > handoverMaxState {
 		return fmt.Errorf("handover: bad offer %q", offer.Type)
 	}
-	t.oldPID, t.backends = offer.PID, offer.Backends
+	t.oldPID, t.backends, t.offered = offer.PID, offer.Backends, time.Now()
 	var fds []int
 	for len(fds) < offer.FDs {
 		m, got, err := t.conn.recv()
@@ -520,8 +523,9 @@ func (t *takeover) receive(cfg *config.Config) error {
 		closeFDs(fds)
 		return err
 	}
-	t.state = st
-	t.log.Info("upgrade: taking over", "from_pid", offer.PID, "from_version", offer.Version, "flows", st.Flows())
+	t.state, t.received = st, time.Now()
+	t.log.Info("upgrade: taking over", "from_pid", offer.PID, "from_version", offer.Version, "flows", st.Flows(),
+		"sockets", len(fds), "state_bytes", len(meta), "received_in", t.received.Sub(t.offered))
 	return nil
 }
 
@@ -616,7 +620,7 @@ func (t *takeover) commit() error {
 		return fmt.Errorf("handover: no commit from the old process: %w", err)
 	}
 	t.conn.c.Close()
-	t.log.Info("upgrade: took over", "from_pid", t.oldPID)
+	t.log.Info("upgrade: took over", "from_pid", t.oldPID, "built_in", time.Since(t.received), "since_offer", time.Since(t.offered))
 	return nil
 }
 
