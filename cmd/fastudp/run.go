@@ -108,6 +108,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 			go func() { _, _ = p.upgrade() }() // logs its outcome
 		}
 	}
+	p.upg.awaitUpgrade()
 	log.Info("stopping: draining live flows", "signal", sig.String(), "grace", cfg.GracePeriod)
 	go func() {
 		if s, ok := <-sigs; ok {

@@ -124,6 +124,9 @@ func (h hoConn) recvRaw(buf []byte) ([]byte, []int, error) {
 	if errors.Is(err, io.EOF) {
 		err = nil // n == 0: said below
 	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("timeout: no answer within %v", handoverTimeout)
+	}
 	var fds []int
 	if oobn > 0 {
 		msgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
@@ -210,6 +213,16 @@ func (c *proxyController) Upgrade(ctx context.Context) (control.UpgradeResult, e
 		err = fmt.Errorf("%w (still serving, pid %d)", err, os.Getpid())
 	}
 	return res, err
+}
+
+// awaitUpgrade waits for an upgrade in progress to end and keeps new ones
+// from starting: a process that stops must not close its control socket
+// (whose file the new process keeps) in the middle of a handover. If the
+// upgrade succeeded, this process is exiting anyway.
+func (u *upgrader) awaitUpgrade() {
+	if u != nil {
+		u.mu.Lock()
+	}
 }
 
 // upgrade hands everything over to a new process started from the binary on

@@ -410,7 +410,8 @@ func upgradeUnderLoad(t *testing.T, extra string, upgrades int) *upgradeProc {
 }
 
 // TestUpgradeFailureKeepsServing: a new binary that exits at once, one that
-// speaks another handover protocol, and a configuration whose seed changed
+// never answers (the 10 s handover timeout), one that speaks another
+// handover protocol, and a configuration whose seed changed
 // each make the upgrade fail with the reason reported, while the old process
 // serves on (same pid, a live flow loses nothing). Then a good binary
 // upgrades.
@@ -430,6 +431,10 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	hangs := filepath.Join(t.TempDir(), "hangs")
+	if err := os.WriteFile(hangs, []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	conf, err := os.ReadFile(p.conf)
 	if err != nil {
 		t.Fatal(err)
@@ -438,6 +443,7 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 		name, bin, conf, want string
 	}{
 		{"exits at once", script, "", "exit status 3"},
+		{"never answers", hangs, "", "timeout"},
 		{"other protocol", other, "", "version mismatch"},
 		{"seed changed", fastudpBin, "seed = 5\n", "seed"},
 	} {
