@@ -108,7 +108,10 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 			go func() { _, _ = p.upgrade() }() // logs its outcome
 		}
 	}
-	p.upg.awaitUpgrade()
+	if p.upg.awaitUpgrade() {
+		log.Info("stop signal after an upgrade: the new process serves on", "signal", sig.String())
+		select {} // exitAfterHandover exits
+	}
 	log.Info("stopping: draining live flows", "signal", sig.String(), "grace", cfg.GracePeriod)
 	go func() {
 		if s, ok := <-sigs; ok {

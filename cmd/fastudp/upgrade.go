@@ -217,12 +217,15 @@ func (c *proxyController) Upgrade(ctx context.Context) (control.UpgradeResult, e
 
 // awaitUpgrade waits for an upgrade in progress to end and keeps new ones
 // from starting: a process that stops must not close its control socket
-// (whose file the new process keeps) in the middle of a handover. If the
-// upgrade succeeded, this process is exiting anyway.
-func (u *upgrader) awaitUpgrade() {
-	if u != nil {
-		u.mu.Lock()
+// (whose file the new process keeps) in the middle of a handover. It
+// reports whether this process has handed over (and is about to exit: it
+// must then close nothing).
+func (u *upgrader) awaitUpgrade() bool {
+	if u == nil {
+		return false
 	}
+	u.mu.Lock()
+	return u.handedOver.Load()
 }
 
 // upgrade hands everything over to a new process started from the binary on
