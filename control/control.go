@@ -75,6 +75,11 @@ type ClusterSummary struct {
 	Down     int    `json:"down"`
 	Draining int    `json:"draining"`
 	Flows    int64  `json:"flows"`
+	// Placement is a fingerprint of what decides each client's backend
+	// (algorithm, seed, backends with weights and tiers, mode, affinity):
+	// processes with equal placements and the same usable backends pick
+	// alike. Empty when unknown.
+	Placement string `json:"placement,omitempty"`
 }
 
 // State is a backend's state as the control API reports it.

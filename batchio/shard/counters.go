@@ -101,6 +101,9 @@ type Counters struct {
 	// are handed out in order and spare ones stay zero, so publish copies
 	// only up to the highest backend seen.
 	used int
+	// res counts resource conditions by ResourceKind (see resource.go).
+	res    [NumResourceKinds]uint64
+	resPub [NumResourceKinds]atomic.Uint64
 }
 
 func newCounters(listeners, backends int) *Counters {
@@ -144,6 +147,9 @@ func (c *Counters) publish() {
 	}
 	for i, v := range c.local[:c.used] {
 		c.published[i].Store(v)
+	}
+	for i, v := range c.res {
+		c.resPub[i].Store(v)
 	}
 	c.dirty = false
 }

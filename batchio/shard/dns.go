@@ -228,8 +228,7 @@ func (s *Shard) dnsBackendFor(b core.Backend, cluster core.ClusterID, o *DNSList
 			}
 		}
 		if err != nil {
-			s.counters.addBackend(b.ID, BackendOpenFailures, 1)
-			s.warnOnce("dns-dial", "cannot open DNS upstream socket", "backend", b.Addr, "err", err)
+			s.openFailed(b, err)
 			break
 		}
 		s.counters.addBackend(b.ID, BackendSocketsOpened, 1)
@@ -291,16 +290,15 @@ func (s *Shard) flushDNSSock(si int) {
 		}
 		switch batchio.Classify(err) {
 		case batchio.KindWouldBlock:
+			s.resourceEvent(ResourceSocketBufferFull, ds.backend, netip.AddrPort{}, err)
 			s.counters.addBackend(ds.backend, BackendQueueFull, uint64(len(msgs)))
 			for i := range msgs {
 				s.releaseDNS(ds, msgs[i].Buf)
 			}
 			msgs = nil
 			continue
-		case batchio.KindRefused:
-			s.counters.addBackend(ds.backend, BackendRefused, 1)
 		default:
-			s.counters.addBackend(ds.backend, BackendSendErrors, 1)
+			s.upstreamSendFailed(ds.backend, netip.AddrPort{}, err, 1)
 		}
 		s.releaseDNS(ds, msgs[0].Buf)
 		msgs = msgs[1:]
@@ -343,6 +341,7 @@ func (s *Shard) readDNSUpstream(si int, now core.Time) {
 			case batchio.KindWouldBlock:
 			case batchio.KindRefused:
 				s.counters.addBackend(ds.backend, BackendRefused, 1)
+				s.resourceEvent(ResourceBackendRefused, ds.backend, netip.AddrPort{}, err)
 			default:
 				s.warnOnce("dns-upstream-recv", "DNS upstream receive failed", "err", err)
 			}

@@ -45,6 +45,8 @@ type GroupOptions struct {
 	DNSSocketBuffer   int
 	Picker            Picker
 	Logger, AccessLog *slog.Logger
+	// FDCeiling is as in [Options].
+	FDCeiling int
 	// PinCPUs pins shard i to CPU i modulo the CPUs the process may use.
 	PinCPUs bool
 	// Steering chooses each listener's shard per datagram (an eBPF
@@ -176,6 +178,7 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			AccessLog:        o.AccessLog,
 			Resume:           resume,
 			RemapBackend:     o.RemapBackend,
+			FDCeiling:        o.FDCeiling,
 		})
 		if err != nil {
 			return fail(err, fds)

@@ -93,6 +93,11 @@ type Options struct {
 	// renames the state's backend IDs to this process's.
 	Resume       *ShardState
 	RemapBackend func(core.BackendID) core.BackendID
+	// FDCeiling, when positive, keeps descriptors FDCeiling and up for the
+	// control plane (metrics, control API, health probes): an upstream
+	// socket that gets one is closed and its flow shed as at the
+	// open-file limit (see resource.go).
+	FDCeiling int
 }
 
 // Queue bounds for datagrams that met a full socket buffer (EAGAIN).
@@ -141,6 +146,7 @@ type upstream struct {
 	fd       int
 	flow     core.FlowID // zero when the slot is unused
 	backend  core.BackendID
+	addr     netip.AddrPort // the backend's, for logs
 	listener core.ListenerID
 	queue    []queued
 	writable bool
@@ -237,6 +243,7 @@ type Shard struct {
 	stopping bool
 	closed   bool
 	warned   map[string]bool // anomalies already logged once
+	res      resourceLog     // rate limits resource-event logs (resource.go)
 	dns      dnsState
 }
 
@@ -651,6 +658,7 @@ func (s *Shard) readUpstream(idx int, now core.Time) {
 			case batchio.KindWouldBlock:
 			case batchio.KindRefused:
 				s.counters.addBackend(u.backend, BackendRefused, 1)
+				s.resourceEvent(ResourceBackendRefused, u.backend, u.addr, err)
 			default:
 				s.warnOnce("upstream-recv", "upstream receive failed", "err", err)
 			}
@@ -731,13 +739,12 @@ func (s *Shard) openUpstream(o *core.Output) {
 		}
 	}
 	if err != nil {
-		s.counters.addBackend(o.Backend.ID, BackendOpenFailures, 1)
-		s.warnOnce("dial", "cannot open upstream socket; shedding new flows", "backend", o.Backend.Addr, "err", err)
+		s.openFailed(o.Backend, err)
 		s.follow = append(s.follow, core.AbortFlow(o.Flow))
 		return
 	}
 	s.counters.addBackend(o.Backend.ID, BackendSocketsOpened, 1)
-	s.ups[idx] = upstream{fd: fd, flow: o.Flow, backend: o.Backend.ID, listener: o.Listener, queue: s.ups[idx].queue[:0], gsoOff: s.opts.NoGSO}
+	s.ups[idx] = upstream{fd: fd, flow: o.Flow, backend: o.Backend.ID, addr: o.Backend.Addr, listener: o.Listener, queue: s.ups[idx].queue[:0], gsoOff: s.opts.NoGSO}
 }
 
 // dial opens a connected upstream socket, trying each configured source
@@ -745,7 +752,7 @@ func (s *Shard) openUpstream(o *core.Output) {
 func (s *Shard) dial(backend netip.AddrPort, opts batchio.DialOptions) (int, error) {
 	srcs := s.opts.UpstreamSources
 	if len(srcs) == 0 {
-		return batchio.DialUpstream(netip.AddrPort{}, backend, opts)
+		return s.underCeiling(batchio.DialUpstream(netip.AddrPort{}, backend, opts))
 	}
 	var err error
 	for range srcs {
@@ -755,7 +762,7 @@ func (s *Shard) dial(backend netip.AddrPort, opts batchio.DialOptions) (int, err
 			continue
 		}
 		var fd int
-		if fd, err = batchio.DialUpstream(netip.AddrPortFrom(src, 0), backend, opts); err == nil {
+		if fd, err = s.underCeiling(batchio.DialUpstream(netip.AddrPortFrom(src, 0), backend, opts)); err == nil {
 			return fd, nil
 		}
 	}
@@ -804,14 +811,12 @@ func (s *Shard) sendUpstream(o *core.Output) {
 	if err == nil {
 		return
 	}
-	switch batchio.Classify(err) {
-	case batchio.KindWouldBlock:
+	if batchio.Classify(err) == batchio.KindWouldBlock {
+		s.resourceEvent(ResourceSocketBufferFull, u.backend, u.addr, err)
 		s.enqueueUpstream(u, &m)
-	case batchio.KindRefused:
-		s.counters.addBackend(u.backend, BackendRefused, segs)
-	default:
-		s.counters.addBackend(u.backend, BackendSendErrors, segs)
+		return
 	}
+	s.upstreamSendFailed(u.backend, u.addr, err, segs)
 }
 
 // flushUpstreamBatch sends the single datagrams collected for one upstream
@@ -828,18 +833,15 @@ func (s *Shard) flushUpstreamBatch() {
 			if err == nil {
 				break
 			}
-			switch batchio.Classify(err) {
-			case batchio.KindWouldBlock:
+			if batchio.Classify(err) == batchio.KindWouldBlock {
+				s.resourceEvent(ResourceSocketBufferFull, u.backend, u.addr, err)
 				for i := range msgs {
 					s.enqueueUpstream(u, &msgs[i])
 				}
 				msgs = nil
 				continue
-			case batchio.KindRefused:
-				s.counters.addBackend(u.backend, BackendRefused, 1)
-			default:
-				s.counters.addBackend(u.backend, BackendSendErrors, 1)
 			}
+			s.upstreamSendFailed(u.backend, u.addr, err, 1)
 			msgs = msgs[1:]
 		}
 	}
@@ -885,14 +887,10 @@ func (s *Shard) flushUpstreamQueue(idx int) {
 		q := &u.queue[0]
 		m := batchio.Message{Buf: q.buf, SegmentSize: q.seg, TOS: q.tos}
 		if err := s.sendRun(u.fd, &m, &u.gsoOff, "gso-upstream"); err != nil {
-			switch batchio.Classify(err) {
-			case batchio.KindWouldBlock:
+			if batchio.Classify(err) == batchio.KindWouldBlock {
 				return
-			case batchio.KindRefused:
-				s.counters.addBackend(u.backend, BackendRefused, uint64(segments(len(q.buf), q.seg)))
-			default:
-				s.counters.addBackend(u.backend, BackendSendErrors, uint64(segments(len(q.buf), q.seg)))
 			}
+			s.upstreamSendFailed(u.backend, u.addr, err, uint64(segments(len(q.buf), q.seg)))
 		}
 		s.pool.Put(q.buf)
 		u.queue[0] = queued{}
@@ -960,6 +958,7 @@ func (s *Shard) flushClientSends(li int) {
 			continue
 		}
 		if batchio.Classify(err) == batchio.KindWouldBlock {
+			s.resourceEvent(ResourceSocketBufferFull, noBackend, s.opts.Listeners[li].Addr, err)
 			for i := range msgs {
 				s.enqueueClient(li, &msgs[i])
 			}
@@ -1026,6 +1025,7 @@ func (s *Shard) closeFlow(o *core.Output) {
 	if o.CloseReason == core.CloseIdle && o.Stats.DatagramsOut == 0 && o.Stats.DatagramsIn > 0 &&
 		int(o.Listener) < len(s.opts.Listeners) && s.opts.Listeners[o.Listener].Cluster.Responses > 0 {
 		s.counters.addBackend(o.Backend.ID, BackendNoReply, 1)
+		s.resourceEvent(ResourceBackendNoReply, o.Backend.ID, o.Backend.Addr, nil)
 	}
 	if u := s.upstreamOf(o.Flow); u != nil {
 		// Queued datagrams are still sent: the last request of a flow may

@@ -37,6 +37,9 @@ Scenarios (default: all):
   latency         round-trip percentiles at 50% of each target's maximum
   many-flows      RSS per 100k flows (fastudp only)
   new-flow-flood  new flows at --flood-rate against a small max_flows (fastudp only)
+  soak            fastudp alone under a mixed load for --duration (default 10m),
+                  with open fds, goroutines and RSS at start and end (its own
+                  flags: fastudp bench soak -h)
   dnsperf         dnsperf -> target -> knot (issue 5): qps, loss and CPU per
                   query; not in the default set (needs dnsperf and knot), e.g.
                   fastudp bench dnsperf --targets fastudp-dns,fastudp,dnsdist,nginx,floor,direct
@@ -58,6 +61,9 @@ Flags:
 func benchCommand(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "floor" {
 		return floorCommand(args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "soak" {
+		return soakCommand(args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("fastudp bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)

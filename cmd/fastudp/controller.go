@@ -47,8 +47,9 @@ func (c *proxyController) Status() control.Status {
 		ConfigPath: p.cfgPath, Shards: len(p.group.Shards()),
 	}
 	flows := p.flowsPerCluster()
+	placements := p.placements()
 	for _, cs := range p.health.Snapshot() {
-		sum := control.ClusterSummary{Name: cs.Name}
+		sum := control.ClusterSummary{Name: cs.Name, Placement: placements[cs.Name]}
 		for _, b := range cs.Backends {
 			switch b.State {
 			case health.Up:

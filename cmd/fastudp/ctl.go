@@ -349,9 +349,13 @@ func printStatus(w io.Writer, st control.Status) {
 	fmt.Fprintf(w, "config\t%s\n", cfg)
 	fmt.Fprintf(w, "shards\t%d\n", st.Shards)
 	fmt.Fprintln(w, "\t")
-	fmt.Fprintln(w, "CLUSTER\tUP\tDOWN\tDRAINING\tFLOWS")
+	fmt.Fprintln(w, "CLUSTER\tUP\tDOWN\tDRAINING\tFLOWS\tPLACEMENT")
 	for _, c := range st.Clusters {
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\n", c.Name, c.Up, c.Down, c.Draining, c.Flows)
+		placement := c.Placement
+		if placement == "" {
+			placement = "-"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%s\n", c.Name, c.Up, c.Down, c.Draining, c.Flows, placement)
 	}
 }
 

@@ -71,7 +71,7 @@ func TestCtl_tables(t *testing.T) {
 		args []string
 		rows [][]string
 	}{
-		{"status", []string{"status"}, [][]string{{"pid", "1234"}, {"shards", "2"}, {"CLUSTER", "UP", "DOWN", "DRAINING", "FLOWS"}, {"dns", "1", "1", "0", "4"}, {"quic", "0", "0", "0", "0"}}},
+		{"status", []string{"status"}, [][]string{{"pid", "1234"}, {"shards", "2"}, {"CLUSTER", "UP", "DOWN", "DRAINING", "FLOWS", "PLACEMENT"}, {"dns", "1", "1", "0", "4", "-"}, {"quic", "0", "0", "0", "0", "-"}}},
 		{"backends", []string{"backends"}, [][]string{
 			{"CLUSTER", "ADDRESS", "NAME", "WEIGHT", "STATE", "FLOWS", "HEALTH"},
 			{"dns", "10.0.0.1:53", "knot1", "100", "up", "4", "healthy"},

@@ -143,6 +143,7 @@ func startProxyWith(ctx context.Context, cfg *config.Config, path string, log *s
 		Steering:        steeringOptions(cfg),
 		Resume:          t.groupState(),
 		RemapBackend:    t.remap(picker),
+		FDCeiling:       shard.FDCeiling(noFileLimit()), // limits.go
 	})
 	if err != nil {
 		return fail(err)
@@ -152,6 +153,7 @@ func startProxyWith(ctx context.Context, cfg *config.Config, path string, log *s
 	p.registry = prometheus.NewRegistry()
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.registry.MustRegister(shard.NewDynamicCollector(g.Shards(), picker.listenerLabels(cfg), picker.labels))
+	p.registry.MustRegister(shard.NewResourceCollector(g.Shards(), picker.labels))
 	if dnsL := dnsListeners(cfg); slices.Contains(dnsL, true) {
 		p.registry.MustRegister(shard.NewDNSCollector(g.Shards(), picker.listenerLabels(cfg), picker.labels, dnsL))
 	}

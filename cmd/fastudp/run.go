@@ -11,7 +11,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/fastudp/fastudp/batchio"
 	"github.com/fastudp/fastudp/config"
 )
 
@@ -36,11 +35,7 @@ func runCommand(args []string, _, stderr io.Writer) error {
 		return &exitError{code: 2, err: err}
 	}
 	log := newLogger(stderr, cfg)
-	if n, err := batchio.RaiseNoFileLimit(); err != nil {
-		log.Warn("cannot raise the open-file limit", "err", err)
-	} else {
-		log.Debug("open-file limit", "limit", n)
-	}
+	warnLimits(log, cfg) // limits.go: raises RLIMIT_NOFILE, warns about limits too low
 	return serve(cfg, *configPath, log)
 }
 
