@@ -251,6 +251,7 @@ func startProxyWith(ctx context.Context, cfg *config.Config, path string, log *s
 		_ = p.control.AdoptSocketFile(cfg.Control) // gone: nothing to remove at exit
 	}
 	g.Start(ctx)
+	t.started()
 	for i, a := range g.Addrs() {
 		log.Info("listening", "listener", cfg.Listeners[i].Name, "address", a, "cluster", cfg.Listeners[i].Cluster, "shards", shards)
 	}

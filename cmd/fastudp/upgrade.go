@@ -60,6 +60,11 @@ const handoverEnv = "FASTUDP_HANDOVER_FD"
 // speaks another one (-ldflags "-X main.handoverProtocol=...").
 var handoverProtocol = "1"
 
+// handoverFault, set only in test builds (-ldflags "-X
+// main.handoverFault=exit-after-commit"), makes a new process die right
+// after the commit, to test that the old one then serves on.
+var handoverFault = ""
+
 // handoverTimeout bounds a whole handover, from starting the new binary to
 // its ready message.
 const handoverTimeout = 10 * time.Second
@@ -403,6 +408,20 @@ func (p *proxy) handOver(deadline time.Time) (res control.UpgradeResult, err err
 		_ = sdNotify(fmt.Sprintf("MAINPID=%d", os.Getpid()))
 		return res, err
 	}
+	// The new process says when its shards run. Without that word, if it
+	// is gone, nobody reads the sockets: this process serves on. If it
+	// lives but is slow to say so, it serves (it had committed).
+	_ = conn.c.SetDeadline(time.Now().Add(handoverTimeout / 2))
+	if m, _, err := conn.recv(); err != nil || m.Type != "started" {
+		select {
+		case werr := <-exited:
+			exited <- werr // for the deferred wait
+			_ = sdNotify(fmt.Sprintf("MAINPID=%d", os.Getpid()))
+			return res, fmt.Errorf("new process (pid %d) exited after the commit: %v", cmd.Process.Pid, werr)
+		case <-time.After(100 * time.Millisecond):
+			p.log.Warn("upgrade: no word from the new process after the commit; it serves", "pid", cmd.Process.Pid, "err", err)
+		}
+	}
 	committed = true
 	res = control.UpgradeResult{OldPID: os.Getpid(), NewPID: cmd.Process.Pid, Flows: h.State.Flows(), Paused: time.Since(paused)}
 	for _, s := range h.State.Shards {
@@ -635,9 +654,21 @@ func (t *takeover) commit() error {
 	if err != nil {
 		return fmt.Errorf("handover: no commit from the old process: %w", err)
 	}
-	t.conn.c.Close()
+	if handoverFault == "exit-after-commit" {
+		os.Exit(7)
+	}
 	t.log.Info("upgrade: took over", "from_pid", t.oldPID, "built_in", time.Since(t.received), "since_offer", time.Since(t.offered))
 	return nil
+}
+
+// started tells the old process that this one's shards run (it exits then)
+// and closes the handover socket.
+func (t *takeover) started() {
+	if t == nil {
+		return
+	}
+	_ = t.conn.send(hoMsg{Type: "started", PID: os.Getpid()})
+	t.conn.c.Close()
 }
 
 // groupState returns the shards' state to resume, or nil.

@@ -433,7 +433,8 @@ func upgradeUnderLoad(t *testing.T, extra string, upgrades int) *upgradeProc {
 
 // TestUpgradeFailureKeepsServing: a new binary that exits at once, one that
 // never answers (the 10 s handover timeout), one that speaks another
-// handover protocol, and a configuration whose seed changed
+// handover protocol, one that dies right after the commit (before its shards
+// run), and a configuration whose seed changed
 // each make the upgrade fail with the reason reported, while the old process
 // serves on (same pid, a live flow loses nothing). Then a good binary
 // upgrades.
@@ -445,9 +446,12 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 	flows, stop := startLoad(t, front, "f", 4, 20*time.Millisecond)
 
 	other := filepath.Join(t.TempDir(), "fastudp-proto")
-	build := exec.Command("go", "build", "-ldflags", "-X main.handoverProtocol=999", "-o", other, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	dies := filepath.Join(t.TempDir(), "fastudp-dies")
+	for bin, flag := range map[string]string{other: "-X main.handoverProtocol=999", dies: "-X main.handoverFault=exit-after-commit"} {
+		build := exec.Command("go", "build", "-ldflags", flag, "-o", bin, ".")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go build: %v\n%s", err, out)
+		}
 	}
 	script := filepath.Join(t.TempDir(), "exits")
 	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
@@ -467,6 +471,7 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 		{"exits at once", script, "", "exit status 3"},
 		{"never answers", hangs, "", "timeout"},
 		{"other protocol", other, "", "version mismatch"},
+		{"dies after the commit", dies, "", "exited after the commit"},
 		{"seed changed", fastudpBin, "seed = 5\n", "seed"},
 	} {
 		installBinary(t, tc.bin, p.bin)
