@@ -31,8 +31,11 @@ type mmsghdr struct {
 // A Batch is not safe for concurrent use: give each shard loop its own.
 // One Batch may serve any number of sockets, one call at a time.
 type Batch struct {
-	hdrs    []mmsghdr
-	iovs    []unix.Iovec        // 2 per message: Header and Buf on send
+	hdrs []mmsghdr
+	// iovs: one per message on receive; on send Header, Buf and Gather
+	// pieces take what they need, up to 2 per message plus [MaxIovecs]
+	// spare, so the largest message always fits in a call of its own.
+	iovs    []unix.Iovec
 	names   [][sockaddrLen]byte // msg_name storage
 	ctrl    []byte              // ctrlLen bytes per message
 	ctrlLen int
@@ -68,7 +71,7 @@ func newBatch(size, ctrlLen int) *Batch {
 	ctrlLen = cmsgAlign(max(ctrlLen, 1))
 	return &Batch{
 		hdrs:    make([]mmsghdr, size),
-		iovs:    make([]unix.Iovec, 2*size),
+		iovs:    make([]unix.Iovec, 2*size+MaxIovecs),
 		names:   make([][sockaddrLen]byte, size),
 		ctrl:    make([]byte, size*ctrlLen),
 		ctrlLen: ctrlLen,
@@ -143,8 +146,8 @@ func (b *Batch) Recv(fd int, msgs []Message) (int, error) {
 }
 
 // Send sends every message in msgs on the non-blocking socket fd, in
-// sendmmsg calls of up to b.Size() messages, and returns how many were
-// sent. See [Message] for the fields it uses.
+// sendmmsg calls of up to b.Size() messages (fewer when Gather pieces use
+// up the batch's iovecs), and returns how many were sent. See [Message] for the fields it uses.
 //
 // If err is nil, n == len(msgs). Otherwise msgs[:n] were sent, msgs[n:]
 // were not, and err says why msgs[n] could not be: check err before n.
@@ -164,12 +167,25 @@ func (b *Batch) Send(fd int, msgs []Message) (int, error) {
 	for sent < len(msgs) {
 		// Rebuild every header from msgs on each call: after a short
 		// count the next call starts at a different message.
-		n := min(len(msgs)-sent, len(b.hdrs))
-		for i := range n {
-			b.prepareSend(i, &msgs[sent+i])
+		n, used := 0, 0
+		for n < min(len(msgs)-sent, len(b.hdrs)) {
+			m := &msgs[sent+n]
+			need := iovecsOf(m)
+			if need > MaxIovecs {
+				if n == 0 {
+					return sent, errSendTooManyIovecs
+				}
+				break
+			}
+			if used+need > len(b.iovs) {
+				break
+			}
+			b.prepareSend(n, m, b.iovs[used:used+need])
+			used += need
+			n++
 		}
 		got, e := b.mmsg(unix.SYS_SENDMMSG, fd, n)
-		b.releaseIovecs(2 * n)
+		b.releaseIovecs(used)
 		if e != 0 {
 			return sent, sendError(e)
 		}
@@ -182,18 +198,37 @@ func (b *Batch) Send(fd int, msgs []Message) (int, error) {
 	return sent, nil
 }
 
-// prepareSend fills header i (and iovecs 2i, 2i+1) for m.
-func (b *Batch) prepareSend(i int, m *Message) {
-	iov := b.iovs[2*i : 2*i+2]
-	niov := 0
+// iovecsOf returns the iovecs m needs: one per non-empty piece, at least
+// one (an empty datagram still takes an iovec).
+func iovecsOf(m *Message) int {
+	n := 0
 	if len(m.Header) > 0 {
-		iov[0].Base = unsafe.SliceData(m.Header)
-		iov[0].SetLen(len(m.Header))
-		niov++
+		n++
 	}
-	iov[niov].Base = unsafe.SliceData(m.Buf)
-	iov[niov].SetLen(len(m.Buf))
-	niov++
+	if len(m.Buf) > 0 {
+		n++
+	}
+	for _, p := range m.Gather {
+		if len(p) > 0 {
+			n++
+		}
+	}
+	return max(n, 1)
+}
+
+// prepareSend fills header i for m, with its pieces in iov (len(iov) ==
+// iovecsOf(m)).
+func (b *Batch) prepareSend(i int, m *Message, iov []unix.Iovec) {
+	niov := putIovec(iov, 0, m.Header)
+	niov = putIovec(iov, niov, m.Buf)
+	for _, p := range m.Gather {
+		niov = putIovec(iov, niov, p)
+	}
+	if niov == 0 { // an empty datagram
+		iov[0].Base = nil
+		iov[0].SetLen(0)
+		niov = 1
+	}
 
 	h := &b.hdrs[i]
 	h.hdr = unix.Msghdr{Iov: &iov[0]}
@@ -208,6 +243,17 @@ func (b *Batch) prepareSend(i int, m *Message) {
 		h.hdr.Control = &b.ctrl[off]
 		h.hdr.SetControllen(cl)
 	}
+}
+
+// putIovec points iov[n] at p unless p is empty and returns the iovecs
+// used.
+func putIovec(iov []unix.Iovec, n int, p []byte) int {
+	if len(p) == 0 {
+		return n
+	}
+	iov[n].Base = unsafe.SliceData(p)
+	iov[n].SetLen(len(p))
+	return n + 1
 }
 
 // mmsg runs recvmmsg or sendmmsg on the first n headers, retrying EINTR.

@@ -15,6 +15,10 @@ var (
 	errRecvRefused error = os.NewSyscallError("recvmmsg", unix.ECONNREFUSED)
 	errSendAgain   error = os.NewSyscallError("sendmmsg", unix.EAGAIN)
 	errSendRefused error = os.NewSyscallError("sendmmsg", unix.ECONNREFUSED)
+	// errSendTooManyIovecs: a message with more than MaxIovecs pieces,
+	// which sendmsg would refuse with EMSGSIZE; it is never handed to the
+	// kernel.
+	errSendTooManyIovecs error = os.NewSyscallError("sendmmsg", unix.EMSGSIZE)
 )
 
 // classifyBoxed recognises the pre-boxed errors by identity, which costs

@@ -104,4 +104,29 @@ type Message struct {
 	TOS uint8
 	// Flags reports truncation on receive. Ignored by Send.
 	Flags Flags
+	// Gather, on send, holds more pieces sent after Header and Buf in the
+	// same datagram or GSO run, one iovec each: the kernel gathers
+	// Header, Buf, Gather[0], Gather[1]... into one byte stream and, with
+	// SegmentSize set, cuts it every SegmentSize bytes wherever the pieces
+	// begin. So separate equal-size datagrams (one piece each), or a PROXY
+	// v2 header before every segment ([hdr, seg1, hdr, seg2, ...]), go out
+	// as one UDP_SEGMENT send without copying a payload. A message needs
+	// one iovec per non-empty piece and at most [MaxIovecs] of them.
+	// Ignored on receive.
+	Gather [][]byte
+}
+
+// MaxIovecs is the most pieces (Header, Buf and Gather together) one
+// message may have on send: the kernel's UIO_MAXIOV
+// (include/uapi/linux/uio.h); a message with more fails with EMSGSIZE, as
+// sendmsg does.
+const MaxIovecs = 1024
+
+// Len returns the bytes m sends: Header, Buf and every Gather piece.
+func (m *Message) Len() int {
+	n := len(m.Header) + len(m.Buf)
+	for _, p := range m.Gather {
+		n += len(p)
+	}
+	return n
 }

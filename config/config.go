@@ -122,6 +122,8 @@ type Config struct {
 	// SteeringPin is a directory on bpffs where the steering maps are
 	// pinned (one subdirectory per listener); "" pins nothing.
 	SteeringPin string
+	// SourceLimit limits new flows per source (source_* keys).
+	SourceLimit SourceLimit
 
 	Listeners []Listener
 	Clusters  []Cluster
@@ -164,8 +166,12 @@ type Cluster struct {
 	FailOpen bool
 	// DownFlows is what happens to live flows whose backend goes down.
 	DownFlows DownFlows
-	Health    Health
-	Backends  []Backend
+	// MaxAmplification caps a flow's reply bytes at MaxAmplification × its
+	// request bytes + AmplificationAllowance; 0 turns the guard off.
+	MaxAmplification       uint32
+	AmplificationAllowance int
+	Health                 Health
+	Backends               []Backend
 }
 
 // Backend is one [[cluster.backend]] table.
@@ -205,6 +211,7 @@ func Default() Config {
 		GracePeriod:         DefaultGracePeriod,
 		GRO:                 true,
 		GSO:                 true,
+		SourceLimit:         DefaultSourceLimit(),
 	}
 }
 
@@ -219,6 +226,8 @@ func NewCluster(name string) Cluster {
 		DNS:          DefaultDNS(),
 		FailOpen:     true,
 		Health:       DefaultHealth(),
+
+		AmplificationAllowance: DefaultAmplificationAllowance,
 	}
 }
 

@@ -47,6 +47,7 @@ func exampleConfig() Config {
 		Steering:         SteeringHash,
 		SteeringKey:      SteeringKeyIP,
 		SteeringPin:      "",
+		SourceLimit:      SourceLimit{Rate: 200, Burst: 400, PrefixV4: 32, PrefixV6: 64, TableSize: 16384},
 		Listeners: []Listener{
 			{Name: "dns", Address: netip.MustParseAddrPort("0.0.0.0:5353"), Cluster: "dns"},
 			{Name: "quic", Address: netip.MustParseAddrPort("[::]:4433"), Cluster: "quic",
@@ -56,7 +57,7 @@ func exampleConfig() Config {
 			{
 				Name: "dns", LB: LBMaglev, Affinity: core.AffinityIP, Responses: 1, Requests: 0,
 				FrontTimeout: 5 * time.Second, BackTimeout: 5 * time.Second, Lifetime: 0,
-				ProxyProtocol: core.ProxyOff, Mode: ModeDNS,
+				ProxyProtocol: core.ProxyOff, Mode: ModeDNS, AmplificationAllowance: DefaultAmplificationAllowance,
 				DNS:      DNS{Sockets: 2, MaxInFlight: 4096, Timeout: 2 * time.Second, TCP: true, TCPIdleTimeout: 10 * time.Second},
 				FailOpen: true,
 				Health: Health{Type: HealthDNS, Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3,
@@ -70,8 +71,8 @@ func exampleConfig() Config {
 			{
 				Name: "quic", LB: LBHRW, Affinity: core.AffinityIPPort, Responses: 0, Requests: 0,
 				FrontTimeout: 30 * time.Second, BackTimeout: 30 * time.Second, Lifetime: 24 * time.Hour,
-				ProxyProtocol: core.ProxyFirst,
-				DNS:           DefaultDNS(), FailOpen: true, Health: DefaultHealth(),
+				ProxyProtocol: core.ProxyFirst, MaxAmplification: 10, AmplificationAllowance: 2048,
+				DNS: DefaultDNS(), FailOpen: true, Health: DefaultHealth(),
 				Backends: []Backend{
 					{Address: netip.MustParseAddrPort("[::1]:4434"), Weight: 100},
 					{Name: "quic-b", Address: netip.MustParseAddrPort("127.0.0.1:4435"), Weight: 50, Backup: true},
@@ -509,7 +510,10 @@ func TestCoreConfig(t *testing.T) {
 	}
 	c.MaxFlows = 65536
 	cc := c.CoreConfig(4)
-	want := core.Config{Seed: 0x66617374756470, MaxFlows: 16384, MaxRxDatagramSize: 4096, PendingLimit: 4, ExpiryBudget: 1024}
+	want := core.Config{Seed: 0x66617374756470, MaxFlows: 16384, MaxRxDatagramSize: 4096, PendingLimit: 4, ExpiryBudget: 1024,
+		// 200 flows/s, burst 400 over 4 shards (a /64 spreads over shards
+		// even under ip steering): 50/s and 100 each.
+		Admission: core.AdmissionConfig{Interval: 20 * time.Millisecond, Burst: 100, PrefixV4: 32, PrefixV6: 64, TableSize: 16384}}
 	if cc != want {
 		t.Errorf("CoreConfig(4) = %+v, want %+v", cc, want)
 	}
@@ -520,6 +524,7 @@ func TestCoreConfig(t *testing.T) {
 	wantL := core.ClusterConfig{
 		Cluster: 1, Affinity: core.AffinityIPPort, FrontTimeout: 30 * time.Second, BackTimeout: 30 * time.Second,
 		Lifetime: 24 * time.Hour, ProxyProtocol: core.ProxyFirst, PublicAddr: netip.MustParseAddrPort("[2001:db8::10]:443"),
+		MaxAmplification: 10, AmplificationAllowance: 2048,
 	}
 	if !ok || lc != wantL {
 		t.Errorf("ListenerCoreConfig(1) = %+v, %v; want %+v", lc, ok, wantL)

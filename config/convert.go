@@ -32,6 +32,7 @@ func (c *Config) CoreConfig(shards int) core.Config {
 		MaxRxDatagramSize: c.MaxRxDatagramSize,
 		PendingLimit:      c.PendingLimit,
 		ExpiryBudget:      c.ExpiryBudget,
+		Admission:         c.AdmissionConfig(shards),
 	}
 }
 
@@ -50,6 +51,9 @@ func (cl *Cluster) CoreConfig(id core.ClusterID) core.ClusterConfig {
 		ProxyProtocol: cl.ProxyProtocol,
 		// Flows of DNS mode are queries; the policy is for flows.
 		CloseOnBackendDown: cl.DownFlows == DownFlowsClose,
+		// DNS mode's queries bypass the flows: the guard is for udp mode.
+		MaxAmplification:       cl.MaxAmplification,
+		AmplificationAllowance: uint32(cl.AmplificationAllowance),
 	}
 }
 

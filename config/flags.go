@@ -4,6 +4,7 @@ import (
 	"flag"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // QuickStartCluster and QuickStartListener name the cluster and listener a
@@ -25,6 +26,8 @@ type Flags struct {
 	Requests      string   // --requests N
 	IdleTimeout   string   // --idle-timeout DURATION: front_timeout and back_timeout
 	MaxFlows      string   // --max-flows N
+	SourceRate    string   // --source-flow-rate N
+	MaxAmplify    string   // --max-amplification N
 	LB            string   // --lb maglev|hrw|rr|random|p2c
 	Affinity      string   // --affinity ip|ip-port
 	ProxyProtocol string   // --proxy-protocol off|first|every
@@ -57,6 +60,8 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Requests, "requests", "", "detach a flow from its client after `N` client datagrams (default 0: unlimited)")
 	fs.StringVar(&f.IdleTimeout, "idle-timeout", "", "close a flow idle for `DURATION` (default 30s)")
 	fs.StringVar(&f.MaxFlows, "max-flows", "", "cap live flows in the process at `N` (default 65536)")
+	fs.StringVar(&f.SourceRate, "source-flow-rate", "", "let one client address open at most `N` new flows per second (default 0: unlimited)")
+	fs.StringVar(&f.MaxAmplify, "max-amplification", "", "drop replies beyond `N` × a flow's request bytes + 1500 (default 0: off)")
 	fs.StringVar(&f.LB, "lb", "", "load-balancing `POLICY`: maglev, hrw (consistent hashing: a client keeps its backend), rr, random or p2c (power of two choices on live flows) (default maglev)")
 	fs.StringVar(&f.Affinity, "affinity", "", "backend affinity `MODE`: ip, ip-port or datagram (per-datagram balancing) (default ip)")
 	fs.StringVar(&f.ProxyProtocol, "proxy-protocol", "", "send PROXY v2 headers: `MODE` off, first or every (default off)")
@@ -103,6 +108,8 @@ var flagSpecs = []flagSpec{
 	{"requests", []string{"cluster[0].requests"}, func(f *Flags) string { return f.Requests }, true, false},
 	{"idle-timeout", []string{"cluster[0].front_timeout", "cluster[0].back_timeout"}, func(f *Flags) string { return f.IdleTimeout }, false, false},
 	{"max-flows", []string{"max_flows"}, func(f *Flags) string { return f.MaxFlows }, true, false},
+	{name: "source-flow-rate", paths: []string{"source_flow_rate"}, get: func(f *Flags) string { return f.SourceRate }, int: true},
+	{name: "max-amplification", paths: []string{"cluster[0].max_amplification"}, get: func(f *Flags) string { return f.MaxAmplify }, int: true},
 	{name: "lb", paths: []string{"cluster[0].lb"}, get: func(f *Flags) string { return f.LB }},
 	{"affinity", []string{"cluster[0].affinity"}, func(f *Flags) string { return f.Affinity }, false, false},
 	{"proxy-protocol", []string{"cluster[0].proxy_protocol"}, func(f *Flags) string { return f.ProxyProtocol }, false, false},
@@ -166,6 +173,10 @@ func (f *Flags) Config() (*Config, error) {
 			continue
 		}
 		var val any = s.get(f)
+		if !utf8.ValidString(s.get(f)) {
+			// A config file is UTF-8 (TOML); a flag value must be too.
+			return nil, &Error{Flag: "--" + s.name, Msg: strconv.Quote(s.get(f)) + " is not valid UTF-8"}
+		}
 		if s.int {
 			n, err := strconv.ParseInt(s.get(f), 10, 64)
 			if err != nil {

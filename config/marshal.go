@@ -51,6 +51,11 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 	w("steering", c.Steering.String())
 	w("steering_key", c.SteeringKey.String())
 	w("steering_pin", c.SteeringPin)
+	w("source_flow_rate", c.SourceLimit.Rate)
+	w("source_flow_burst", c.SourceLimit.Burst)
+	w("source_prefix_v4", c.SourceLimit.PrefixV4)
+	w("source_prefix_v6", c.SourceLimit.PrefixV6)
+	w("source_table_size", c.SourceLimit.TableSize)
 
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
@@ -82,6 +87,8 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 		w("dns_tcp_idle_timeout", cl.DNS.TCPIdleTimeout)
 		w("fail_open", cl.FailOpen)
 		w("down_flows", cl.DownFlows.String())
+		w("max_amplification", cl.MaxAmplification)
+		w("amplification_allowance", cl.AmplificationAllowance)
 		indent = "  "
 		h := &cl.Health
 		b.WriteString("\n  [cluster.health]\n")

@@ -163,6 +163,11 @@ var (
 		{"steering", func(v value, c *Config) { enum(v, &c.Steering, ParseSteering) }},
 		{"steering_key", func(v value, c *Config) { enum(v, &c.SteeringKey, ParseSteeringKey) }},
 		{"steering_pin", func(v value, c *Config) { v.string(&c.SteeringPin) }},
+		{"source_flow_rate", func(v value, c *Config) { v.int(&c.SourceLimit.Rate) }},
+		{"source_flow_burst", func(v value, c *Config) { v.int(&c.SourceLimit.Burst) }},
+		{"source_prefix_v4", func(v value, c *Config) { v.int(&c.SourceLimit.PrefixV4) }},
+		{"source_prefix_v6", func(v value, c *Config) { v.int(&c.SourceLimit.PrefixV6) }},
+		{"source_table_size", func(v value, c *Config) { v.int(&c.SourceLimit.TableSize) }},
 	}
 	listenerFields = []field[Listener]{
 		{"name", func(v value, l *Listener) { v.string(&l.Name) }},
@@ -188,6 +193,8 @@ var (
 		{"dns_tcp_idle_timeout", func(v value, c *Cluster) { v.duration(&c.DNS.TCPIdleTimeout) }},
 		{"fail_open", func(v value, c *Cluster) { v.bool(&c.FailOpen) }},
 		{"down_flows", func(v value, c *Cluster) { enum(v, &c.DownFlows, ParseDownFlows) }},
+		{"max_amplification", func(v value, c *Cluster) { v.uint32(&c.MaxAmplification) }},
+		{"amplification_allowance", func(v value, c *Cluster) { v.byteSize(&c.AmplificationAllowance) }},
 	}
 	healthFields = []field[Health]{
 		{"type", func(v value, h *Health) { enum(v, &h.Type, ParseHealthType) }},

@@ -30,6 +30,7 @@ func (c *Config) Validate() error {
 	v.intRange(c.SocketReceiveBuffer, 0, MaxSocketBuffer, "socket_receive_buffer")
 	v.intRange(c.SocketSendBuffer, 0, MaxSocketBuffer, "socket_send_buffer")
 	v.upstreamSources(c)
+	v.sourceLimit(&c.SourceLimit)
 	if c.Metrics != "" {
 		if msg := checkListenAddr(c.Metrics); msg != "" {
 			v.fail("metrics", "", "metrics", "%q %s", c.Metrics, msg)
@@ -194,6 +195,7 @@ func (v *validator) cluster(c *Config, i int) {
 	if cl.DownFlows > DownFlowsClose {
 		v.fail(joinPath(path, "down_flows"), item, "down_flows", "%v is not valid, want continue or close", cl.DownFlows)
 	}
+	v.amplification(cl, path, item)
 	v.dnsMode(cl, path, item)
 	v.health(cl, joinPath(path, "health"), item)
 	if len(cl.Backends) == 0 && cl.Name != "" {

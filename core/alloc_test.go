@@ -98,7 +98,8 @@ func TestAllocsDNSLifecycle(t *testing.T) {
 }
 
 // TestAllocsForwardGROProxy: a GRO run forwarded with a PROXY v2 header on
-// every datagram (headers come from the manager's per-call arena).
+// every datagram (the header comes from the manager's per-call arena; the
+// run stays one output, the header preceding each segment).
 func TestAllocsForwardGROProxy(t *testing.T) {
 	cc := benchCluster()
 	cc.ProxyProtocol = ProxyEvery
@@ -110,8 +111,8 @@ func TestAllocsForwardGROProxy(t *testing.T) {
 		r.in[0] = Input{Kind: InClientDatagram, Listener: benchListener, Src: benchClient(rng.intn(allocFlows)),
 			Dst: benchLocal, Payload: payload, SegmentSize: 1200}
 		r.out = r.m.Handle(r.now, r.in[:1], r.out[:0])
-		if len(r.out) != 16 {
-			t.Fatalf("%d outputs, want 16", len(r.out))
+		if len(r.out) != 1 || r.out[0].Header == nil || r.out[0].Segments() != 16 {
+			t.Fatalf("%d outputs, want one run of 16 segments with a header", len(r.out))
 		}
 	})
 }

@@ -131,6 +131,17 @@ type ClusterConfig struct {
 	// starts a new flow and so gets a backend the shell's picker chooses
 	// anew. Replies never close a flow.
 	CloseOnBackendDown bool
+	// MaxAmplification, when positive, caps the reply bytes a flow returns
+	// to MaxAmplification × the request bytes it forwarded +
+	// AmplificationAllowance (payload bytes, PROXY v2 headers not counted).
+	// A backend datagram that would pass the cap is dropped with
+	// [DropAmplification] (of a GRO run, the segments past it); the flow
+	// stays open and is not refreshed by the drop. 0 turns the guard off.
+	MaxAmplification uint32
+	// AmplificationAllowance is the byte budget a flow has before its ratio
+	// applies, so that a first reply larger than MaxAmplification × a small
+	// request (a DNS answer, a QUIC handshake) is not dropped.
+	AmplificationAllowance uint32
 }
 
 // Validate reports the first invalid field of c.
@@ -207,6 +218,9 @@ const (
 	// ConfigBackendUp clears the mark of ConfigBackendDown. A backend never
 	// marked is up.
 	ConfigBackendUp
+	// ConfigSetAdmission replaces the per-source new-flow limit with
+	// Admission. Sources' buckets carry over unless the table size changes.
+	ConfigSetAdmission
 	numConfigKinds
 )
 
@@ -215,7 +229,7 @@ const (
 const MaxDownBackendID = 1 << 20
 
 var configKindNames = [...]string{"", "set-cluster", "remove-cluster", "max-flows", "max-rx", "drain", "undrain", "close-all",
-	"backend-down", "backend-up"}
+	"backend-down", "backend-up", "set-admission"}
 
 func (k ConfigKind) String() string {
 	if int(k) < len(configKindNames) && k != 0 {
@@ -232,6 +246,8 @@ type ConfigEvent struct {
 	Backend BackendID
 	Cluster ClusterConfig
 	Value   int
+	// Admission is the limit of ConfigSetAdmission.
+	Admission AdmissionConfig
 }
 
 // Config configures a [Manager] at construction.
@@ -251,6 +267,8 @@ type Config struct {
 	// ExpiryBudget bounds the timer-heap entries one InTimer processes; 0
 	// means [DefaultExpiryBudget].
 	ExpiryBudget int
+	// Admission limits new flows per source; the zero value is no limit.
+	Admission AdmissionConfig
 	// Pool supplies buffers for datagrams held across calls; nil means a
 	// private [SlicePool].
 	Pool BufferPool
@@ -268,6 +286,9 @@ func (c Config) normalized() (Config, error) {
 	}
 	if c.PendingLimit < 0 || c.PendingLimit > 1024 {
 		return c, fmt.Errorf("%w: pending limit %d outside 0..1024", ErrInvalidConfig, c.PendingLimit)
+	}
+	if err := c.Admission.Validate(); err != nil {
+		return c, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if c.ExpiryBudget < 0 {
 		return c, fmt.Errorf("%w: expiry budget %d is negative", ErrInvalidConfig, c.ExpiryBudget)

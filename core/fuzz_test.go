@@ -89,6 +89,8 @@ func decodeSimOp(r *byteReader) simOp {
 		op.Cluster = clusterFrom(func() int { return int(r.byte()) })
 	case simMaxFlows, simMaxRx, simBackendDown, simBackendUp:
 		op.Value = int(r.byte())
+	case simAdmission:
+		op.Value = int(r.u16()) % 320
 	}
 	return op
 }

@@ -15,8 +15,12 @@ import (
 // later than its deadline and the heap is ordered; held datagrams match their
 // counts and only waiting flows hold any; config references balance; the
 // down-backend count matches the set; and the armed deadline equals the
-// earliest timer entry.
+// earliest timer entry; and the per-source table has its configured, fixed
+// size.
 func (m *Manager) CheckInvariants() error {
+	if err := m.sources.check(); err != nil {
+		return err
+	}
 	live, attached, held := 0, 0, 0
 	refs := make([]int32, len(m.versions))
 	for i, v := range m.listeners {

@@ -79,6 +79,9 @@ type Stats struct {
 	BytesOut     uint64
 	Drops        [NumDropReasons]uint64 // datagrams, by reason
 	Closes       [NumCloseReasons]uint64
+	// SourceEvictions counts sources the admission table forgot while their
+	// bucket was still refilling (see [AdmissionConfig]).
+	SourceEvictions uint64
 }
 
 // Manager is one shard's flow engine. It is not safe for concurrent use: the
@@ -110,6 +113,9 @@ type Manager struct {
 	// the data path skips the lookup while none is.
 	down      []uint64
 	downCount int
+
+	// sources is the per-source new-flow limiter (admission.go).
+	sources admission
 
 	release [][]byte // pool buffers referenced by the last call's outputs
 	arena   []byte   // PROXY v2 headers of the current call
@@ -148,6 +154,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		armed:        Never,
 	}
 	m.table.init(0)
+	m.sources.configure(cfg.Admission, cfg.Seed)
 	return m, nil
 }
 
@@ -326,6 +333,10 @@ func (m *Manager) onClient(now Time, in *Input) {
 		if !ok {
 			if m.draining {
 				m.drop(DropDraining, segmentCount(len(payload), seg), len(payload))
+				return
+			}
+			if m.sources.on() && !m.sources.allow(now, &k.client) {
+				m.drop(DropRateLimited, segmentCount(len(payload), seg), len(payload))
 				return
 			}
 			if m.stats.Active >= m.maxFlows {
@@ -535,8 +546,9 @@ func (m *Manager) hold(f *flow, payload []byte, seg int, tos uint8) int {
 }
 
 // forward emits payload to the flow's backend, with a PROXY v2 header when the
-// cluster asks for one. A header can only precede a single datagram, so a GRO
-// run that needs one is split.
+// cluster asks for one. Under ProxyEvery a GRO run stays one output whose
+// Header precedes every segment; under ProxyFirst the header rides with the
+// first segment alone, and the rest goes on as a run.
 func (m *Manager) forward(f *flow, idx uint32, payload []byte, seg int, tos uint8) {
 	cfg := &m.versions[f.cfg].cfg
 	f.datagramsIn += uint64(segmentCount(len(payload), seg))
@@ -544,39 +556,26 @@ func (m *Manager) forward(f *flow, idx uint32, payload []byte, seg int, tos uint
 	m.stats.DatagramsIn += uint64(segmentCount(len(payload), seg))
 	m.stats.BytesIn += uint64(len(payload))
 	needHeader := cfg.ProxyProtocol == ProxyEvery || (cfg.ProxyProtocol == ProxyFirst && !f.ppSent)
+	o := m.slot()
+	o.Kind, o.TOS, o.Listener, o.Cluster = OutSendToBackend, tos, f.key.listener, cfg.Cluster
+	o.Flow, o.Backend.ID = makeFlowID(idx, f.gen), f.backend
+	o.Payload, o.SegmentSize = payload, seg
 	if !needHeader {
-		o := m.slot()
-		o.Kind, o.TOS, o.Listener, o.Cluster = OutSendToBackend, tos, f.key.listener, cfg.Cluster
-		o.Flow, o.Backend.ID = makeFlowID(idx, f.gen), f.backend
-		o.Payload, o.SegmentSize = payload, seg
 		return
 	}
-	o := Output{
-		Kind:     OutSendToBackend,
-		TOS:      tos,
-		Listener: f.key.listener,
-		Cluster:  cfg.Cluster,
-		Flow:     makeFlowID(idx, f.gen),
-		Backend:  Backend{ID: f.backend},
-	}
 	f.ppSent = true
-	hdr := m.proxyHeader(f, cfg)
-	for len(payload) > 0 {
-		one := payload
-		if seg > 0 && seg < len(payload) {
-			one = payload[:seg]
-		}
-		o.Header, o.Payload, o.SegmentSize = hdr, one, 0
-		m.emit(o)
-		payload = payload[len(one):]
-		if cfg.ProxyProtocol == ProxyFirst && len(payload) > 0 {
-			o.Header, o.Payload, o.SegmentSize = nil, payload, seg
-			if seg >= len(payload) {
-				o.SegmentSize = 0
-			}
-			m.emit(o)
-			return
-		}
+	o.Header = m.proxyHeader(f, cfg)
+	if cfg.ProxyProtocol == ProxyEvery || seg == 0 {
+		return
+	}
+	// ProxyFirst: the header and the first segment make one datagram.
+	o.Payload, o.SegmentSize = payload[:seg], 0
+	rest := payload[seg:]
+	o = m.slot()
+	*o = m.out[len(m.out)-2]
+	o.Header, o.Payload, o.SegmentSize = nil, rest, seg
+	if seg >= len(rest) {
+		o.SegmentSize = 0
 	}
 }
 
@@ -647,6 +646,24 @@ func (m *Manager) onBackend(now Time, in *Input) {
 			seg = 0
 		}
 	}
+	ampCut, ampBytes := 0, 0
+	if cfg.MaxAmplification > 0 {
+		if fit := amplificationFit(f, cfg, len(chunk), seg, take); fit < take {
+			keep := fit * seg // fit > 0 only for a run (seg > 0)
+			ampCut, ampBytes = take-fit, len(chunk)-keep
+			chunk, take = chunk[:keep], fit
+			if take == 1 {
+				seg = 0
+			}
+			if take == 0 {
+				m.drop(DropAmplification, ampCut, ampBytes)
+				if rest := n - ampCut; rest > 0 {
+					m.drop(DropFlowClosed, rest, len(payload)-ampBytes)
+				}
+				return // a dropped datagram never refreshes a flow
+			}
+		}
+	}
 	f.responses += uint32(take)
 	f.datagramsOut += uint64(take)
 	f.bytesOut += uint64(len(chunk))
@@ -657,8 +674,11 @@ func (m *Manager) onBackend(now Time, in *Input) {
 	o.Flow, o.Backend.ID = in.Flow, f.backend
 	o.Client, o.Local = f.key.client.addrPort(), f.key.local.addrPort()
 	o.Payload, o.SegmentSize = chunk, seg
-	if take < n {
-		m.drop(DropFlowClosed, n-take, len(payload)-len(chunk))
+	if ampCut > 0 {
+		m.drop(DropAmplification, ampCut, ampBytes)
+	}
+	if take+ampCut < n {
+		m.drop(DropFlowClosed, n-take-ampCut, len(payload)-len(chunk)-ampBytes)
 	}
 	if cfg.Responses > 0 && uint64(f.responses) >= limit {
 		m.closeFlow(idx, now, CloseResponses)
@@ -824,6 +844,8 @@ func (m *Manager) onConfig(now Time, ev *ConfigEvent) {
 		m.markBackend(ev.Backend, true)
 	case ConfigBackendUp:
 		m.markBackend(ev.Backend, false)
+	case ConfigSetAdmission:
+		m.sources.configure(ev.Admission, m.cfg.Seed)
 	default:
 		m.metric(MetricInvalidInput, 0)
 	}
@@ -881,7 +903,11 @@ func (m *Manager) DownBackends(fn func(BackendID) bool) {
 }
 
 // Stats returns the running totals.
-func (m *Manager) Stats() Stats { return m.stats }
+func (m *Manager) Stats() Stats {
+	s := m.stats
+	s.SourceEvictions = m.sources.evictions
+	return s
+}
 
 // NextDeadline returns the deadline of the last OutArmTimer emitted.
 func (m *Manager) NextDeadline() Time { return m.armed }

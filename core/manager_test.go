@@ -1543,7 +1543,7 @@ func TestTOS(t *testing.T) {
 	for _, o := range pick(out, OutSendToBackend) {
 		got = append(got, o.TOS)
 	}
-	if want := []uint8{0x2e, 0xb8, 0x01, 0x01}; !slices.Equal(got, want) {
+	if want := []uint8{0x2e, 0xb8, 0x01}; !slices.Equal(got, want) { // the run is one output
 		t.Fatalf("flushed TOS %x, want %x", got, want)
 	}
 	in.TOS, in.Payload, in.SegmentSize = 0x03, []byte("d"), 0

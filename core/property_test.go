@@ -41,12 +41,13 @@ const (
 	simJunk        // an input no shell sends
 	simBackendDown // mark a backend down (its own batch)
 	simBackendUp   // mark it up again
+	simAdmission   // set the per-source new-flow limit (its own batch)
 	numSimOps
 )
 
 var simOpNames = [...]string{"client", "backend", "resolve", "resolve-fail", "abort", "stale-backend", "stale-resolve",
 	"stale-abort", "timer", "advance", "set-cluster", "remove-cluster", "max-flows", "max-rx", "drain", "undrain",
-	"close-all", "flush", "junk", "backend-down", "backend-up"}
+	"close-all", "flush", "junk", "backend-down", "backend-up", "set-admission"}
 
 func (k simOpKind) String() string { return simOpNames[k] }
 
@@ -57,6 +58,7 @@ var simOpTable = func() []simOpKind {
 		simStaleBackend: 2, simStaleResolve: 1, simStaleAbort: 1, simTimer: 5, simAdvance: 6,
 		simSetCluster: 3, simRemoveCluster: 1, simMaxFlows: 2, simMaxRx: 1, simDrain: 1,
 		simUndrain: 3, simCloseAll: 1, simFlush: 6, simJunk: 1, simBackendDown: 3, simBackendUp: 2,
+		simAdmission: 1,
 	}
 	var t []simOpKind
 	for k := simOpKind(0); k < numSimOps; k++ {
@@ -162,6 +164,13 @@ type sim struct {
 	armed     Time
 	seq       uint64
 	expired   map[FlowID]bool
+	// adm is the per-source limit in force (normalized) since admSince;
+	// srcAdmits counts the flows each masked source opened since then, and
+	// admEvict is the manager's SourceEvictions then.
+	adm       AdmissionConfig
+	admSince  Time
+	admEvict  uint64
+	srcAdmits map[netip.Addr]uint64
 	clientSeq map[uint64]simKey
 	backSeq   map[uint64]FlowID
 	drops     [NumDropReasons]uint64
@@ -179,7 +188,8 @@ func newSim(tb failer, c simConfig, record bool) *sim {
 	tb.Helper()
 	s := &sim{tb: tb, cfg: c, pool: newTestPool(c.PoolLimit), armed: Never, flows: map[FlowID]*simFlow{},
 		expired: map[FlowID]bool{}, clientSeq: map[uint64]simKey{}, backSeq: map[uint64]FlowID{}, down: map[BackendID]bool{},
-		record: record}
+		srcAdmits: map[netip.Addr]uint64{},
+		record:    record}
 	m, err := NewManager(Config{Seed: c.Seed, MaxFlows: c.MaxFlows, PendingLimit: c.PendingLimit, ExpiryBudget: c.ExpiryBudget, Pool: s.pool})
 	if err != nil {
 		tb.Fatalf("NewManager(%v): %v", c, err)
@@ -345,6 +355,8 @@ func (s *sim) apply(op simOp) {
 		s.config(ConfigEvent{Kind: ConfigBackendDown, Backend: simDownIDs[op.Value%len(simDownIDs)]})
 	case simBackendUp:
 		s.config(ConfigEvent{Kind: ConfigBackendUp, Backend: simDownIDs[op.Value%len(simDownIDs)]})
+	case simAdmission:
+		s.config(ConfigEvent{Kind: ConfigSetAdmission, Admission: simAdmissionFrom(op.Value)})
 	case simFlush:
 		s.flush()
 	case simJunk:
@@ -390,6 +402,43 @@ func (s *sim) config(ev ConfigEvent) {
 		}
 	case ConfigSetMaxFlows:
 		s.highest = max(s.highest, min(max(ev.Value, 0), maxFlowSlots))
+	case ConfigSetAdmission:
+		s.adm, s.admSince, s.admEvict = ev.Admission.normalized(), s.now, s.m.Stats().SourceEvictions
+		clear(s.srcAdmits)
+	}
+}
+
+// simAdmissionFrom maps a small number onto a per-source limit: often off,
+// else intervals, bursts, prefixes and table sizes from small lists (a table
+// of 64 entries, 16 sets, holds the sim's six sources with few evictions).
+func simAdmissionFrom(v int) AdmissionConfig {
+	return AdmissionConfig{
+		Interval:  []time.Duration{0, time.Second, 100 * time.Millisecond, 3 * time.Second, -1}[v%5],
+		Burst:     []int{0, 1, 2, 5}[v/5%4],
+		PrefixV4:  []int{0, 24, 8, 32}[v/20%4],
+		PrefixV6:  []int{0, 64, 1, 128}[v/80%4],
+		TableSize: []int{64, 0}[v/40%2],
+	}
+}
+
+// admitted counts a new flow of client against the limit in force and fails
+// when the source opened more flows than Burst + elapsed / Interval since the
+// limit was set, which no GCRA state can allow (the bound holds whatever state
+// the previous limit left) unless the table evicted a refilling source.
+func (s *sim) admitted(in []Input, out []Output, i int, client netip.AddrPort) {
+	if s.adm.Interval <= 0 {
+		return
+	}
+	ip := client.Addr().Unmap()
+	bits := s.adm.PrefixV6
+	if ip.Is4() {
+		bits = s.adm.PrefixV4
+	}
+	src := netip.PrefixFrom(ip, bits).Masked().Addr()
+	s.srcAdmits[src]++
+	allowed := uint64(s.adm.Burst) + uint64((s.now-s.admSince)/Time(s.adm.Interval))
+	if n := s.srcAdmits[src]; n > allowed && s.m.Stats().SourceEvictions == s.admEvict {
+		s.fail(in, out, "output %d: source %v opened %d flows since %d, limit allows %d", i, src, n, s.admSince, allowed)
 	}
 }
 
@@ -485,6 +534,7 @@ func (s *sim) check(in []Input, out []Output) {
 			if want := AffinityHash(s.cfg.Seed, o.Client, f.cfg.Affinity); o.Key != want {
 				s.fail(in, out, "output %d: key %#x, want %#x", i, o.Key, want)
 			}
+			s.admitted(in, out, i, o.Client)
 		case OutOpenUpstream:
 			if f == nil || f.established {
 				s.fail(in, out, "output %d: open for a flow not waiting", i)
@@ -525,6 +575,9 @@ func (s *sim) check(in []Input, out []Output) {
 			s.dgOut += uint64(n)
 			if f.cfg.Responses > 0 && f.out > uint64(f.cfg.Responses)*f.in {
 				s.fail(in, out, "output %d: %d responses, cap %d per request × %d", i, f.out, f.cfg.Responses, f.in)
+			}
+			if r := uint64(f.cfg.MaxAmplification); r > 0 && f.bytesOut > r*f.bytesIn+uint64(f.cfg.AmplificationAllowance) {
+				s.fail(in, out, "output %d: %d reply bytes for %d request bytes, cap %d× + %d", i, f.bytesOut, f.bytesIn, r, f.cfg.AmplificationAllowance)
 			}
 		case OutCloseFlow:
 			if f == nil {
@@ -660,8 +713,10 @@ func (s *sim) checkSendToBackend(in []Input, out []Output, i int, f *simFlow) {
 	}
 	if o.Header != nil {
 		f.ppSent = true
-		if o.SegmentSize != 0 {
-			s.fail(in, out, "output %d: header before a GSO run", i)
+		if o.SegmentSize != 0 && f.cfg.ProxyProtocol != ProxyEvery {
+			// Only ProxyEvery puts a header before every segment; under
+			// ProxyFirst the header rides with one datagram.
+			s.fail(in, out, "output %d: header before a GSO run under %v", i, f.cfg.ProxyProtocol)
 		}
 		p, err := parsePPv2(o.Header)
 		if err != nil || p.length != len(o.Header) {
@@ -739,6 +794,8 @@ func drawSimOp(t *rapid.T) simOp {
 		op.Cluster = drawCluster(t)
 	case simMaxFlows, simMaxRx, simBackendDown, simBackendUp:
 		op.Value = rapid.IntRange(0, 63).Draw(t, "value")
+	case simAdmission:
+		op.Value = rapid.IntRange(0, 319).Draw(t, "value")
 	}
 	return op
 }
@@ -767,6 +824,8 @@ func clusterFrom(next func() int) ClusterConfig {
 		c.Affinity, c.ProxyProtocol, c.FrontTimeout = Affinity(v), ProxyMode(v), -time.Second
 	}
 	c.CloseOnBackendDown = v%2 == 1
+	c.MaxAmplification = uint32([]int{0, 0, 1, 3}[v/2%4])
+	c.AmplificationAllowance = uint32(v / 8 % 3 * 50)
 	return c
 }
 

@@ -157,9 +157,14 @@ const (
 	// OutOpenUpstream asks the shell to open the upstream socket of Flow to
 	// Backend.Addr and to tag what arrives on it with Flow.
 	OutOpenUpstream
-	// OutSendToBackend asks the shell to send Header (if any) followed by
-	// Payload on the upstream socket of Flow, as one datagram, or as a GSO run
-	// of SegmentSize segments when SegmentSize > 0 (Header is then empty).
+	// OutSendToBackend asks the shell to send Payload on the upstream socket
+	// of Flow: one datagram, or a GSO run of SegmentSize-byte segments when
+	// SegmentSize > 0. A Header (PROXY v2) goes in front of every datagram
+	// of the output: before the single datagram, or, with SegmentSize > 0
+	// (only under [ProxyEvery]), before every segment, so the datagrams on
+	// the wire are len(Header)+SegmentSize bytes (the last may be shorter).
+	// The shell can send such a run as one GSO send of that size whose
+	// iovecs alternate the one header and the segments in place.
 	OutSendToBackend
 	// OutSendToClient asks the shell to send Payload (a GSO run when
 	// SegmentSize > 0) from listener Listener, source address Local, to Client.
@@ -208,7 +213,8 @@ type Output struct {
 	// Client and Local are the flow's client address and the local address the
 	// client sent to (OutOpenUpstream, OutSendToClient, OutCloseFlow).
 	Client, Local netip.AddrPort
-	// Header is a PROXY v2 header to send in front of Payload, or nil.
+	// Header is a PROXY v2 header to send in front of Payload (in front of
+	// each of its segments when SegmentSize > 0), or nil.
 	Header []byte
 	// Payload is the datagram or GSO run to send.
 	Payload []byte
@@ -239,7 +245,8 @@ type FlowStats struct {
 type DropReason uint8
 
 // Drop reasons. Admission checks run in this order: DropOversize,
-// DropNoCluster, DropInvalid, (existing flow), DropDraining, DropShed.
+// DropNoCluster, DropInvalid, (existing flow), DropDraining,
+// DropRateLimited, DropShed.
 const (
 	// DropOversize: a datagram (or a GRO segment) longer than the maximum
 	// receive size.
@@ -265,11 +272,17 @@ const (
 	// DropFlowClosed: datagrams held for a flow that closed before its backend
 	// was resolved, or backend segments after the flow's last response.
 	DropFlowClosed
+	// DropRateLimited: a new flow from a source that exceeded its new-flow
+	// rate ([AdmissionConfig]).
+	DropRateLimited
+	// DropAmplification: backend datagrams beyond the flow's amplification
+	// budget ([ClusterConfig.MaxAmplification]).
+	DropAmplification
 	numDropReasons
 )
 
 var dropReasonNames = [...]string{"", "oversize", "no_cluster", "invalid", "draining", "shed",
-	"pending_overflow", "unknown_flow", "no_backend", "flow_closed"}
+	"pending_overflow", "unknown_flow", "no_backend", "flow_closed", "rate_limited", "amplification"}
 
 // NumDropReasons bounds the drop reasons, for arrays indexed by them.
 const NumDropReasons = int(numDropReasons)

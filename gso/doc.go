@@ -8,15 +8,16 @@
 //
 // # Zero copies
 //
-// [Coalesce] never copies a payload. It merges two messages only when the
-// second one's Buf starts exactly where the first one's ends in the same
-// backing array (so the run is a re-slice of memory the caller already
-// has). A run received with UDP_GRO is contiguous already and is passed
-// through whole with its SegmentSize, needing no coalescing; Coalesce
-// helps only where separate datagrams happen to lie back to back (for
-// example consecutive replies that a caller packed into one arena).
-// Messages with a Header (PROXY v2) are never merged: the header would
-// have to sit between two payloads.
+// Nothing here copies a payload. A run received with UDP_GRO is contiguous
+// already and passes through whole with its SegmentSize. [Coalesce] merges
+// separate datagrams into a run by re-slicing when they lie back to back in
+// one backing array, and otherwise by listing them as Gather pieces of the
+// run ([batchio.Message.Gather], one iovec each): the kernel gathers the
+// pieces and cuts the stream every SegmentSize bytes, which falls exactly
+// on the datagrams' boundaries. Messages with a Header are never merged.
+// [HeaderEach] builds the PROXY v2 "every datagram" shape the same way:
+// pieces [hdr, segment 1, hdr, segment 2, ...], every header the same
+// slice, every segment a sub-slice of the received run.
 //
 // # Limits
 //

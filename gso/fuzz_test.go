@@ -47,12 +47,16 @@ func FuzzCoalesceSplit(f *testing.F) {
 		for i := range want {
 			want[i].b = bytes.Clone(want[i].b)
 		}
-		out := Coalesce(msgs)
+		gatherCap := 0
+		if len(in) > 0 {
+			gatherCap = int(in[0] & 0x3f) // 0: contiguous merges only
+		}
+		out, _ := Coalesce(msgs, make([][]byte, 0, gatherCap))
 		var got []batchio.Message
 		for i := range out {
 			m := &out[i]
-			if Segments(len(m.Buf), m.SegmentSize) > MaxSegments || len(m.Buf) > MaxBytes(m.Addr) {
-				t.Fatalf("over the limits: %d bytes, segment %d", len(m.Buf), m.SegmentSize)
+			if Segments(m.Len(), m.SegmentSize) > MaxSegments || m.Len() > MaxBytes(m.Addr) {
+				t.Fatalf("over the limits: %d bytes, segment %d", m.Len(), m.SegmentSize)
 			}
 			var ok bool
 			if got, ok = Split(got, m); !ok {
@@ -63,10 +67,53 @@ func FuzzCoalesceSplit(f *testing.F) {
 			t.Fatalf("%d datagrams back, want %d", len(got), len(want))
 		}
 		for i := range got {
-			if !bytes.Equal(got[i].Buf, want[i].b) || got[i].Addr != want[i].addr || got[i].TOS != want[i].tos {
+			if !bytes.Equal(append(bytes.Clone(got[i].Header), got[i].Buf...), want[i].b) || got[i].Addr != want[i].addr || got[i].TOS != want[i].tos {
 				t.Fatalf("datagram %d differs: %d bytes to %v tos %d, want %d bytes to %v tos %d",
 					i, len(got[i].Buf), got[i].Addr, got[i].TOS, len(want[i].b), want[i].addr, want[i].tos)
 			}
+		}
+	})
+}
+
+// FuzzHeaderEach builds the PROXY "every datagram" sends for a run of the
+// fuzzed length and segment size and a header of the fuzzed length, then
+// cuts each send as the kernel would: every datagram must be the header
+// followed by the next segment, and every send must keep to the limits.
+func FuzzHeaderEach(f *testing.F) {
+	f.Add(uint16(10000), uint16(1000), uint8(28), false)
+	f.Add(uint16(64000), uint16(1000), uint8(52), true)
+	f.Add(uint16(5), uint16(0), uint8(16), false)
+	f.Fuzz(func(t *testing.T, n, seg uint16, hl uint8, v6 bool) {
+		run := make([]byte, n)
+		for i := range run {
+			run[i] = byte(i*7 + i>>8)
+		}
+		hdr := bytes.Repeat([]byte{0xAB}, int(hl%64))
+		tmpl := batchio.Message{Addr: dst4}
+		if v6 {
+			tmpl.Addr = dst6
+		}
+		sends, _ := HeaderEach(nil, nil, &tmpl, hdr, run, int(seg))
+		var got []byte
+		for i := range sends {
+			m := &sends[i]
+			segs := Segments(m.Len(), m.SegmentSize)
+			if segs > 1 && (segs > MaxSegments || m.Len() > MaxBytes(m.Addr) || m.SegmentSize != len(hdr)+int(seg)) {
+				t.Fatalf("send %d: %d segments of %d, %d bytes", i, segs, m.SegmentSize, m.Len())
+			}
+			split, ok := Split(nil, m)
+			if !ok {
+				t.Fatalf("send %d does not split", i)
+			}
+			for _, d := range split {
+				if !bytes.Equal(d.Header, hdr) && !(len(hdr) == 0 && d.Header == nil) {
+					t.Fatalf("a datagram led by %d bytes, not the %d-byte header", len(d.Header), len(hdr))
+				}
+				got = append(got, d.Buf...)
+			}
+		}
+		if !bytes.Equal(got, run) {
+			t.Fatalf("segments differ from the run (%d vs %d bytes)", len(got), len(run))
 		}
 	})
 }

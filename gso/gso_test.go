@@ -131,7 +131,7 @@ func TestCoalesce(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			in := tt.msgs()
 			want := concat(in)
-			got := Coalesce(in)
+			got, _ := Coalesce(in, nil)
 			if s := shapes(got); !equalShapes(s, tt.want) {
 				t.Fatalf("shapes %v, want %v", s, tt.want)
 			}
@@ -225,7 +225,7 @@ func TestZeroAllocs(t *testing.T) {
 	split := make([]batchio.Message, 0, 128)
 	allocs := testing.AllocsPerRun(100, func() {
 		copy(msgs, tmpl)
-		out := Coalesce(msgs)
+		out, _ := Coalesce(msgs, nil)
 		split = split[:0]
 		for i := range out {
 			split, _ = Split(split, &out[i])

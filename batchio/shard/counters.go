@@ -13,19 +13,20 @@ import (
 // per loop iteration, so nothing shared is written per datagram.
 const (
 	// Shard-wide.
-	ShardRxDatagrams    = iota // datagrams read from listener sockets
-	ShardBatches               // recvmmsg calls on listeners that returned data
-	ShardBatchDatagrams        // datagrams those calls returned (fill = this / batches)
-	ShardLoops                 // event-loop iterations
-	ShardControl               // control messages applied
-	ShardGRORuns               // UDP_GRO receives (listener and upstream) holding more than one datagram
-	ShardGROSegments           // datagrams in those runs
-	ShardGSOSends              // UDP_SEGMENT sends of more than one datagram that the kernel took
-	ShardGSOSegments           // datagrams in those sends (÷ ShardGSOSends = segments per send)
-	ShardGSOFallbacks          // sockets whose GSO send the kernel refused (EIO/EINVAL/EMSGSIZE): GSO turned off there
-	ShardSplitDrops            // datagrams of a split run lost when a non-GSO resend stopped part way
-	ShardRecvmmsg              // recvmmsg calls (listeners and upstreams)
-	ShardSendmmsg              // sendmmsg calls (listeners and upstreams)
+	ShardRxDatagrams     = iota // datagrams read from listener sockets
+	ShardBatches                // recvmmsg calls on listeners that returned data
+	ShardBatchDatagrams         // datagrams those calls returned (fill = this / batches)
+	ShardLoops                  // event-loop iterations
+	ShardControl                // control messages applied
+	ShardGRORuns                // UDP_GRO receives (listener and upstream) holding more than one datagram
+	ShardGROSegments            // datagrams in those runs
+	ShardGSOSends               // UDP_SEGMENT sends of more than one datagram that the kernel took
+	ShardGSOSegments            // datagrams in those sends (÷ ShardGSOSends = segments per send)
+	ShardGSOFallbacks           // sockets whose GSO send the kernel refused (EIO/EINVAL/EMSGSIZE): GSO turned off there
+	ShardSplitDrops             // datagrams of a split run lost when a non-GSO resend stopped part way
+	ShardRecvmmsg               // recvmmsg calls (listeners and upstreams)
+	ShardSendmmsg               // sendmmsg calls (listeners and upstreams)
+	ShardSourceEvictions        // sources the core's admission table forgot while refilling (core.Manager.SourceEvictions)
 	numShardCounters
 )
 

@@ -51,6 +51,11 @@ type dnsBackend struct {
 // listener.
 type dnsState struct {
 	listener []bool // by ListenerID: DNS mode
+	// rx receives DNS queries and answers: the shard's listener array
+	// when its buffers are max_rx sized, or an array of its own (batch
+	// size × max_rx) when flow listeners read with GRO into 64 KiB
+	// buffers, 32 per call (DNS sockets never turn UDP_GRO on).
+	rx       []batchio.Message
 	socks    []dnsSock
 	backends []dnsBackend // by BackendID
 	dirty    []int32      // sockets with queries waiting in out
@@ -86,6 +91,10 @@ func (s *Shard) initDNS() {
 	if !any {
 		return
 	}
+	d.rx = s.rxMsgs
+	if len(s.rxMsgs) > 0 && cap(s.rxMsgs[0].Buf) > s.mgr.MaxRxDatagramSize()+1 {
+		d.rx = newMessages(s.opts.BatchSize, s.mgr.MaxRxDatagramSize()+1)
+	}
 	d.seed = randomUint64()
 	d.backends = make([]dnsBackend, s.opts.Backends)
 	d.inUse = make([]atomic.Int64, s.opts.Backends*MaxDNSSockets)
@@ -107,13 +116,13 @@ func (s *Shard) DNSInUse(b core.BackendID, index int) (n int64, ok bool) {
 func (s *Shard) readDNSListener(li int, now core.Time) {
 	l := &s.listeners[li]
 	for range listenerReadBudget {
-		n, err := s.rx.Recv(l.fd, s.rxMsgs)
+		n, err := s.rx.Recv(l.fd, s.dns.rx)
 		if n > 0 {
 			s.counters.addShard(ShardBatches, 1)
 			s.counters.addShard(ShardBatchDatagrams, uint64(n))
 		}
 		for i := 0; i < n; i++ {
-			m := &s.rxMsgs[i]
+			m := &s.dns.rx[i]
 			lap, ok := s.countClientReceive(li, m)
 			if !ok {
 				continue
@@ -125,14 +134,15 @@ func (s *Shard) readDNSListener(li int, now core.Time) {
 				s.dnsQuery(li, m.Addr, local, m.Buf[:m.N], now)
 				continue
 			}
-			// A GRO run of equal-size queries from one client socket: each
-			// segment is a query of its own (sub-slices, nothing copied).
+			// DNS listeners do not turn UDP_GRO on, but a run that arrives
+			// all the same is equal-size queries from one client socket:
+			// each segment is a query of its own (sub-slices, no copy).
 			for off := 0; off < m.N; off += m.SegmentSize {
 				s.dnsQuery(li, m.Addr, local, m.Buf[off:min(off+m.SegmentSize, m.N)], now)
 			}
 		}
 		s.flushDNSQueries()
-		if s.listenerReadDone(li, n, err) {
+		if s.listenerReadDone(li, n, len(s.dns.rx), err) {
 			return
 		}
 	}
@@ -326,9 +336,9 @@ func (s *Shard) readDNSUpstream(si int, now core.Time) {
 	}
 	ds := &s.dns.socks[si]
 	for {
-		n, err := s.rx.Recv(ds.fd, s.upMsgs)
+		n, err := s.rx.Recv(ds.fd, s.dns.rx)
 		for i := 0; i < n; i++ {
-			m := &s.upMsgs[i]
+			m := &s.dns.rx[i]
 			s.dnsAnswer(ds, m, now)
 		}
 		for li := range s.listeners {
@@ -347,7 +357,7 @@ func (s *Shard) readDNSUpstream(si int, now core.Time) {
 			}
 			return
 		}
-		if n < len(s.upMsgs) {
+		if n < len(s.dns.rx) {
 			return
 		}
 	}

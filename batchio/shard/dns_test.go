@@ -2,12 +2,14 @@ package shard
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -313,23 +315,32 @@ func TestDNSModeMalformedQueries(t *testing.T) {
 	}
 }
 
-// TestDNSModeAllocatesNothing checks the steady-state query path through a
-// live shard does not allocate: a burst of queries and answers, measured
-// with the runtime's allocation counter over the whole process.
-func TestDNSModeGRORunOfQueries(t *testing.T) {
+// TestDNSModeGSORunOfQueries: a client sends 32 equal-size queries as one
+// UDP_SEGMENT send. DNS listeners do not turn UDP_GRO on (group option GRO
+// set), so the kernel hands them over one by one and no GRO run is read;
+// every query is answered on its own.
+func TestDNSModeGSORunOfQueries(t *testing.T) {
 	r := newDNSResponder(t)
 	o := oneListener("127.0.0.1:0", core.ClusterConfig{}, fixedPicker{{ID: 0, Addr: r.addr()}})
 	o.Listeners[0].DNS = &DNSListener{Sockets: 1, MaxInFlight: 100, Timeout: 5 * time.Second}
 	o.GRO = true
 	g := startGroup(t, o)
 	c := dnsClient(t, g.addr())
-	// Equal-size queries from one socket may be coalesced by GRO: each must
-	// still be answered on its own.
 	const n = 32
+	var run []byte
+	seg := 0
 	for i := range n {
-		if _, err := c.Write(query(t, uint16(1000+i), "gro.example.test.")); err != nil {
-			t.Fatal(err)
-		}
+		q := query(t, uint16(1000+i), "gro.example.test.")
+		seg = len(q)
+		run = append(run, q...)
+	}
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], uint16(seg))
+	if _, _, err := c.WriteMsgUDP(run, oob, nil); err != nil {
+		t.Fatalf("GSO send of %d queries: %v", n, err)
 	}
 	got := map[uint16]bool{}
 	for range n {
@@ -344,7 +355,58 @@ func TestDNSModeGRORunOfQueries(t *testing.T) {
 			t.Fatalf("no answer for query %d", 1000+i)
 		}
 	}
-	t.Logf("GRO runs received: %d", g.shard(ShardGRORuns))
+	waitValue(t, "queries", func() uint64 { return g.listener(ListenerDNSQueries) }, n)
+	if v := g.shard(ShardGRORuns); v != 0 {
+		t.Fatalf("%d GRO runs read on a DNS listener", v)
+	}
+}
+
+// TestDNSReceiveBuffers: a shard serving only DNS listeners has no 64 KiB
+// GRO buffers even with GRO on (batch × max_rx, 64 × 4 KiB = 256 KiB per
+// array, instead of 32 × 64 KiB = 2 MiB); next to a flow listener with GRO,
+// DNS reads use an array of their own of that size, 64 per call.
+func TestDNSReceiveBuffers(t *testing.T) {
+	r := newDNSResponder(t)
+	dnsL := Listener{Name: "dns", Addr: netip.MustParseAddrPort("127.0.0.1:0"),
+		DNS: &DNSListener{Sockets: 1, MaxInFlight: 100, Timeout: 5 * time.Second}}
+	flowL := Listener{Name: "flow", Addr: netip.MustParseAddrPort("127.0.0.1:0")}
+	for _, tc := range []struct {
+		name         string
+		listeners    []Listener
+		rxBuf, rxN   int
+		dnsBuf, dnsN int
+	}{
+		{"dns only", []Listener{dnsL}, 0, batchio.DefaultBatchSize, 0, batchio.DefaultBatchSize},
+		{"dns and flows", []Listener{flowL, dnsL}, batchio.GROBufferSize, groRecvBatch, 0, batchio.DefaultBatchSize},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := oneListener("127.0.0.1:0", core.ClusterConfig{}, fixedPicker{{ID: 0, Addr: r.addr()}})
+			o.Listeners = tc.listeners
+			o.GRO = true
+			g := startGroup(t, o)
+			s := g.shards[0]
+			want := func(b int) int {
+				if b == 0 {
+					return s.mgr.MaxRxDatagramSize() + 1
+				}
+				return b
+			}
+			if len(s.rxMsgs) != tc.rxN || cap(s.rxMsgs[0].Buf) != want(tc.rxBuf) {
+				t.Errorf("listener array: %d × %d B, want %d × %d", len(s.rxMsgs), cap(s.rxMsgs[0].Buf), tc.rxN, want(tc.rxBuf))
+			}
+			if len(s.dns.rx) != tc.dnsN || cap(s.dns.rx[0].Buf) != want(tc.dnsBuf) {
+				t.Errorf("DNS array: %d × %d B, want %d × %d", len(s.dns.rx), cap(s.dns.rx[0].Buf), tc.dnsN, want(tc.dnsBuf))
+			}
+			// DNS still answers.
+			c := dnsClient(t, g.Addrs()[len(tc.listeners)-1])
+			if _, err := c.Write(query(t, 7, "buf.example.test.")); err != nil {
+				t.Fatal(err)
+			}
+			if a, err := readAnswer(c, waitTimeout); err != nil || dns.ID(a) != 7 {
+				t.Fatalf("answer: %v", err)
+			}
+		})
+	}
 }
 
 // TestGroupFlows lists live flows through the control channel.

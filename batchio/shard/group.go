@@ -57,6 +57,8 @@ type GroupOptions struct {
 	// Listeners must match the state. RemapBackend is as in [Options].
 	Resume       *GroupState
 	RemapBackend func(core.BackendID) core.BackendID
+	// upstreamHook is as in [Options] (tests only).
+	upstreamHook func(fd int)
 }
 
 // Group runs the shards of one proxy process.
@@ -144,7 +146,13 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			if resume != nil {
 				break
 			}
-			fd, err := batchio.ListenUDP(g.addrs[li], o.Listen)
+			lo := o.Listen
+			if l.DNS != nil {
+				// DNS clients send separate queries, which UDP_GRO never
+				// coalesces: it would only cost 64 KiB receive buffers.
+				lo.GRO = false
+			}
+			fd, err := batchio.ListenUDP(g.addrs[li], lo)
 			if err != nil {
 				return fail(fmt.Errorf("listener %q on %v: %w", l.Name, g.addrs[li], err), fds)
 			}
@@ -179,6 +187,7 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			Resume:           resume,
 			RemapBackend:     o.RemapBackend,
 			FDCeiling:        o.FDCeiling,
+			upstreamHook:     o.upstreamHook,
 		})
 		if err != nil {
 			return fail(err, fds)

@@ -445,8 +445,9 @@ func resumeListeners(o *GroupOptions, addrs []netip.AddrPort) error {
 		addrs[li] = st.Addrs[li]
 	}
 	for _, s := range st.Shards {
-		for _, fd := range s.ListenerFDs {
-			if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, int(b2i(o.GRO))); err != nil && o.GRO {
+		for li, fd := range s.ListenerFDs {
+			gro := o.GRO && o.Listeners[li].DNS == nil // as NewGroup binds them
+			if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, b2i(gro)); err != nil && gro {
 				return fmt.Errorf("resume: UDP_GRO on a listener: %w", err)
 			}
 			if _, err := batchio.LocalAddr(fd); err != nil {

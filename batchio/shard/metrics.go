@@ -29,6 +29,7 @@ type Collector struct {
 	shardRx, shardBatches, shardBatchDatagrams, shardLoops *prometheus.Desc
 	groRuns, groSegs, gsoSends, gsoSegs, gsoFallbacks      *prometheus.Desc
 	splitDrops, syscalls                                   *prometheus.Desc
+	sourceEvictions                                        *prometheus.Desc
 
 	rxDatagrams, rxBytes, txDatagrams, txBytes   *prometheus.Desc
 	flowsCreated, flowsEvicted, flowsActive      *prometheus.Desc
@@ -67,6 +68,7 @@ func NewDynamicCollector(shards []*Shard, listeners []ListenerLabels, backends f
 		gsoSegs:             d("gso_send_datagrams_total", "Datagrams in those GSO sends; divided by gso_sends_total it gives segments per send.", sl),
 		gsoFallbacks:        d("gso_fallbacks_total", "Sockets whose GSO send the kernel refused (EIO, EINVAL, EMSGSIZE); they send runs as single datagrams from then on.", sl),
 		splitDrops:          d("gso_split_drops_total", "Datagrams of a run lost when its non-GSO resend stopped part way.", sl),
+		sourceEvictions:     d("source_evictions_total", "Sources the per-source admission table forgot while their bucket was refilling (source_table_size too small).", sl),
 		syscalls:            d("shard_syscalls_total", "recvmmsg and sendmmsg calls of the shard (with bytes moved, syscalls per MB).", append(sl, "call")),
 		rxDatagrams:         d("listener_rx_datagrams_total", "Datagrams received from clients.", ll),
 		rxBytes:             d("listener_rx_bytes_total", "Bytes received from clients.", ll),
@@ -93,7 +95,7 @@ func NewDynamicCollector(shards []*Shard, listeners []ListenerLabels, backends f
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.shardRx, c.shardBatches, c.shardBatchDatagrams, c.shardLoops,
-		c.groRuns, c.groSegs, c.gsoSends, c.gsoSegs, c.gsoFallbacks, c.splitDrops, c.syscalls,
+		c.groRuns, c.groSegs, c.gsoSends, c.gsoSegs, c.gsoFallbacks, c.splitDrops, c.syscalls, c.sourceEvictions,
 		c.rxDatagrams, c.rxBytes, c.txDatagrams, c.txBytes, c.flowsCreated, c.flowsEvicted, c.flowsActive,
 		c.flowsShed, c.drops, c.kernelDrops, c.beIn, c.beBytesIn, c.beOut, c.beBytesOut, c.beSocket,
 		c.beOpenFail, c.beRefused, c.beSendErr, c.beQueue} {
@@ -119,6 +121,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.gsoSegs, k.Shard(ShardGSOSegments), id)
 		counter(c.gsoFallbacks, k.Shard(ShardGSOFallbacks), id)
 		counter(c.splitDrops, k.Shard(ShardSplitDrops), id)
+		counter(c.sourceEvictions, k.Shard(ShardSourceEvictions), id)
 		counter(c.syscalls, k.Shard(ShardRecvmmsg), id, "recvmmsg")
 		counter(c.syscalls, k.Shard(ShardSendmmsg), id, "sendmmsg")
 	}

@@ -74,7 +74,10 @@ type Options struct {
 	// the listener sockets have GRO on (batchio.ListenOptions.GRO), or runs
 	// arrive cut and are dropped. A run received whole is forwarded whole,
 	// as one GSO send with the same segment size. With GRO on, a recvmmsg
-	// call reads at most [groRecvBatch] messages (see there).
+	// call reads at most [groRecvBatch] messages (see there). DNS-mode
+	// listeners are not concerned: their sockets never have GRO on (a
+	// [Group] binds them without it), and a shard with only those keeps
+	// max_rx-sized buffers.
 	GRO bool
 	// NoGSO sends every run as single datagrams (sub-slices of the run, in
 	// one sendmmsg) instead of one UDP_SEGMENT send, on every socket.
@@ -98,6 +101,9 @@ type Options struct {
 	// socket that gets one is closed and its flow shed as at the
 	// open-file limit (see resource.go).
 	FDCeiling int
+	// upstreamHook, when set, sees every upstream socket opened (tests
+	// use it to make the kernel refuse GSO sends on it).
+	upstreamHook func(fd int)
 }
 
 // Queue bounds for datagrams that met a full socket buffer (EAGAIN).
@@ -228,9 +234,10 @@ type Shard struct {
 	outputs []core.Output
 	oneMsg  []batchio.Message
 	split   []batchio.Message // a run cut into datagrams for a non-GSO send
+	gsoTx   gsoSendState      // PROXY header runs and reply coalescing (gsosend.go)
 	// upBatch collects consecutive single datagrams to one upstream
 	// (upBatchFlow) for one sendmmsg: a burst of client datagrams read in
-	// one recvmmsg, or a run split for PROXY v2 headers.
+	// one recvmmsg.
 	upBatch     []batchio.Message
 	upBatchFlow core.FlowID
 	// oneReply[l]: listener l's cluster has responses = 1, so its upstream
@@ -296,13 +303,14 @@ func New(opts Options) (*Shard, error) {
 	}
 	bufSize := max(s.mgr.MaxRxDatagramSize(), cc.MaxRxDatagramSize) + 1 // one spare byte turns an oversize datagram into a counted drop
 	rxBatch := opts.BatchSize
-	if opts.GRO {
+	if opts.GRO && hasFlowListener(opts.Listeners) { // DNS listeners never read with GRO
 		bufSize = max(bufSize, batchio.GROBufferSize)
 		rxBatch = min(rxBatch, groRecvBatch)
 	}
 	s.rxMsgs = newMessages(rxBatch, bufSize)
 	s.upMsgs = newMessages(rxBatch, bufSize)
 	s.split = make([]batchio.Message, 0, 2*gso.MaxSegments)
+	s.gsoTx = newGSOSendState(opts.BatchSize)
 	s.upBatch = make([]batchio.Message, 0, opts.BatchSize)
 	s.inputs = make([]core.Input, 0, opts.BatchSize)
 	s.follow = make([]core.Input, 0, opts.BatchSize)
@@ -468,6 +476,7 @@ func (s *Shard) Run(ctx context.Context) error {
 		}
 		s.publishDNS()
 		s.countSyscalls()
+		s.countSourceEvictions()
 		s.counters.publish()
 	}
 }
@@ -574,7 +583,7 @@ func (s *Shard) readListener(li int, now core.Time) {
 			s.inputs = append(s.inputs, in)
 		}
 		s.process(now)
-		if s.listenerReadDone(li, n, err) {
+		if s.listenerReadDone(li, n, len(s.rxMsgs), err) {
 			return
 		}
 	}
@@ -605,9 +614,9 @@ func (s *Shard) countClientReceive(li int, m *batchio.Message) (local netip.Addr
 }
 
 // listenerReadDone records the kernel's drop count after a recvmmsg of n
-// datagrams on listener li that returned err, and reports whether the
-// listener is drained for now.
-func (s *Shard) listenerReadDone(li, n int, err error) bool {
+// datagrams (of at most batch) on listener li that returned err, and
+// reports whether the listener is drained for now.
+func (s *Shard) listenerReadDone(li, n, batch int, err error) bool {
 	if drops, ok := s.rx.Drops(); ok {
 		s.counters.setListener(core.ListenerID(li), ListenerKernelDrops, uint64(drops))
 	}
@@ -617,7 +626,7 @@ func (s *Shard) listenerReadDone(li, n int, err error) bool {
 		}
 		return true
 	}
-	return n < len(s.rxMsgs)
+	return n < batch
 }
 
 // readUpstream reads replies from one flow's socket into the shared upstream
@@ -744,6 +753,9 @@ func (s *Shard) openUpstream(o *core.Output) {
 		return
 	}
 	s.counters.addBackend(o.Backend.ID, BackendSocketsOpened, 1)
+	if s.opts.upstreamHook != nil {
+		s.opts.upstreamHook(fd)
+	}
 	s.ups[idx] = upstream{fd: fd, flow: o.Flow, backend: o.Backend.ID, addr: o.Backend.Addr, listener: o.Listener, queue: s.ups[idx].queue[:0], gsoOff: s.opts.NoGSO}
 }
 
@@ -791,6 +803,10 @@ func (s *Shard) sendUpstream(o *core.Output) {
 	if s.upBatchFlow != o.Flow {
 		s.flushUpstreamBatch()
 	}
+	if o.Header != nil && o.SegmentSize > 0 {
+		s.sendHeaderRun(u, o) // a header before every segment
+		return
+	}
 	m := batchio.Message{Buf: o.Payload, Header: o.Header, SegmentSize: o.SegmentSize, TOS: o.TOS}
 	if len(u.queue) > 0 {
 		s.enqueueUpstream(u, &m)
@@ -807,16 +823,22 @@ func (s *Shard) sendUpstream(o *core.Output) {
 		return
 	}
 	s.flushUpstreamBatch() // keep the flow's order
-	err := s.sendRun(u.fd, &m, &u.gsoOff, "gso-upstream")
+	s.sendUpstreamRun(u, &m)
+}
+
+// sendUpstreamRun sends the run m on u's socket at once, queueing it on
+// EAGAIN and counting other failures.
+func (s *Shard) sendUpstreamRun(u *upstream, m *batchio.Message) {
+	err := s.sendRun(u.fd, m, &u.gsoOff, "gso-upstream")
 	if err == nil {
 		return
 	}
 	if batchio.Classify(err) == batchio.KindWouldBlock {
 		s.resourceEvent(ResourceSocketBufferFull, u.backend, u.addr, err)
-		s.enqueueUpstream(u, &m)
+		s.enqueueUpstream(u, m)
 		return
 	}
-	s.upstreamSendFailed(u.backend, u.addr, err, segs)
+	s.upstreamSendFailed(u.backend, u.addr, err, uint64(segments(m.Len(), m.SegmentSize)))
 }
 
 // flushUpstreamBatch sends the single datagrams collected for one upstream
@@ -851,12 +873,12 @@ func (s *Shard) flushUpstreamBatch() {
 }
 
 func (s *Shard) enqueueUpstream(u *upstream, m *batchio.Message) {
-	segs := uint64(segments(len(m.Header)+len(m.Buf), m.SegmentSize))
+	segs := uint64(segments(m.Len(), m.SegmentSize))
 	if len(u.queue) >= upstreamQueueLimit {
 		s.counters.addBackend(u.backend, BackendQueueFull, segs)
 		return
 	}
-	q, ok := s.copyQueued(m.Header, m.Buf)
+	q, ok := s.copyQueued(m)
 	if !ok {
 		s.counters.addBackend(u.backend, BackendQueueFull, segs)
 		return
@@ -869,13 +891,22 @@ func (s *Shard) enqueueUpstream(u *upstream, m *batchio.Message) {
 	}
 }
 
-func (s *Shard) copyQueued(hdr, payload []byte) (queued, bool) {
-	buf := s.pool.Get(len(hdr) + len(payload))
-	if cap(buf) < len(hdr)+len(payload) {
+// copyQueued copies m's pieces (Header, Buf, Gather) into one pool buffer:
+// the byte stream the kernel would have cut, so SegmentSize still applies.
+func (s *Shard) copyQueued(m *batchio.Message) (queued, bool) {
+	n := m.Len()
+	buf := s.pool.Get(n)
+	if cap(buf) < n {
+		if buf != nil {
+			s.pool.Put(buf)
+		}
 		return queued{}, false
 	}
-	buf = append(append(buf[:0], hdr...), payload...)
-	return queued{buf: buf, hdr: len(hdr)}, true
+	buf = append(append(buf[:0], m.Header...), m.Buf...)
+	for _, p := range m.Gather {
+		buf = append(buf, p...)
+	}
+	return queued{buf: buf, hdr: len(m.Header)}, true
 }
 
 func (s *Shard) flushUpstreamQueue(idx int) {
@@ -946,7 +977,7 @@ func (s *Shard) appendClientSend(li int, m batchio.Message) {
 // listener's queue.
 func (s *Shard) flushClientSends(li int) {
 	l := &s.listeners[li]
-	msgs := l.out
+	msgs := s.coalesceClientSends(l)
 	for len(msgs) > 0 {
 		n, err := s.tx.Send(l.fd, msgs)
 		s.countGSOSends(msgs[:n])
@@ -971,22 +1002,23 @@ func (s *Shard) flushClientSends(li int) {
 				continue
 			}
 		}
-		s.counters.addListener(core.ListenerID(li), ListenerSendErrors, uint64(segments(len(msgs[0].Buf), msgs[0].SegmentSize)))
+		s.counters.addListener(core.ListenerID(li), ListenerSendErrors, uint64(segments(msgs[0].Len(), msgs[0].SegmentSize)))
 		msgs = msgs[1:]
 	}
 	clear(l.out)
 	l.out = l.out[:0]
+	s.gsoTx.releaseClientParts()
 }
 
 func (s *Shard) enqueueClient(li int, m *batchio.Message) {
 	l := &s.listeners[li]
 	if len(l.queue) >= clientQueueLimit {
-		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(len(m.Buf), m.SegmentSize)))
+		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(m.Len(), m.SegmentSize)))
 		return
 	}
-	q, ok := s.copyQueued(nil, m.Buf)
+	q, ok := s.copyQueued(m)
 	if !ok {
-		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(len(m.Buf), m.SegmentSize)))
+		s.counters.addListener(core.ListenerID(li), ListenerQueueFull, uint64(segments(m.Len(), m.SegmentSize)))
 		return
 	}
 	q.to, q.local, q.seg, q.tos = m.Addr, m.Local, m.SegmentSize, m.TOS
@@ -1100,7 +1132,7 @@ func (s *Shard) FlowCount() int { return s.mgr.FlowCount() }
 
 // isRun reports whether m is a GSO send of more than one datagram.
 func isRun(m *batchio.Message) bool {
-	return m.SegmentSize > 0 && len(m.Header)+len(m.Buf) > m.SegmentSize
+	return m.SegmentSize > 0 && m.Len() > m.SegmentSize
 }
 
 func (s *Shard) countGSOSends(msgs []batchio.Message) {
@@ -1112,7 +1144,7 @@ func (s *Shard) countGSOSends(msgs []batchio.Message) {
 func (s *Shard) countGSOSend(m *batchio.Message) {
 	if isRun(m) {
 		s.counters.addShard(ShardGSOSends, 1)
-		s.counters.addShard(ShardGSOSegments, uint64(segments(len(m.Header)+len(m.Buf), m.SegmentSize)))
+		s.counters.addShard(ShardGSOSegments, uint64(segments(m.Len(), m.SegmentSize)))
 	}
 }
 
@@ -1148,7 +1180,7 @@ func (s *Shard) gsoFallback(gsoOff *bool, key string, m *batchio.Message, err er
 		s.counters.addShard(ShardGSOFallbacks, 1)
 	}
 	s.warnOnce(key, "GSO send refused; this socket sends runs as single datagrams from now on",
-		"segment_size", m.SegmentSize, "bytes", len(m.Header)+len(m.Buf), "err", err)
+		"segment_size", m.SegmentSize, "bytes", m.Len(), "err", err)
 }
 
 // sendSplit sends the run m as single datagrams (sub-slices of its payload)

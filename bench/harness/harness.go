@@ -56,7 +56,7 @@ type Options struct {
 	// Rate is small-pps's open-loop rate in requests per second (default
 	// 25000; each is 2 datagrams through the proxy).
 	Rate float64
-	// BulkConns is the bulk-gso and bulk-gro client sockets, each with one
+	// BulkConns is the bulk-gso, bulk-gro and bulk-up client sockets, each with one
 	// request in flight (default 8).
 	BulkConns int
 	// Flows is many-flows's flow count (default 100000).

@@ -131,14 +131,14 @@ func TestRunDirect(t *testing.T) {
 	dir := t.TempDir()
 	var out, prog bytes.Buffer
 	res, err := Run(context.Background(), Options{
-		Scenarios: []string{"small-pps", "dns-qps", "bulk-gso", "bulk-gro", "latency"}, Targets: []string{"direct"},
+		Scenarios: []string{"small-pps", "dns-qps", "bulk-gso", "bulk-gro", "bulk-up", "latency"}, Targets: []string{"direct"},
 		Duration: 200 * time.Millisecond, Warmup: 50 * time.Millisecond, Drain: 300 * time.Millisecond, Runs: 1,
 		Rate: 2000, OutDir: dir, Bin: "/nonexistent", PeersDir: t.TempDir(), Stdout: &out, Progress: &prog,
 	})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, prog.String())
 	}
-	if len(res.Measurements) != 5 {
+	if len(res.Measurements) != 6 {
 		t.Fatalf("%d measurements", len(res.Measurements))
 	}
 	for _, m := range res.Measurements {
@@ -149,11 +149,15 @@ func TestRunDirect(t *testing.T) {
 			m.Extra["harness_cpu_us_per_mb"] <= 0) {
 			t.Errorf("bulk: %+v", m)
 		}
+		if m.Scenario == "bulk-up" && (m.Replies != m.Completed || m.BytesSec < float64(32*1200)*m.Rate*0.99 ||
+			m.Extra["harness_cpu_us_per_mb"] <= 0) {
+			t.Errorf("bulk-up: %+v", m)
+		}
 		if m.Scenario == "latency" && m.Extra["offered_rate"] <= 0 {
 			t.Errorf("latency: %+v", m)
 		}
 	}
-	if strings.Count(prog.String(), "\n") != 5 || !strings.Contains(out.String(), "| direct |") {
+	if strings.Count(prog.String(), "\n") != 6 || !strings.Contains(out.String(), "| direct |") {
 		t.Errorf("progress:\n%s\nreport:\n%s", prog.String(), out.String())
 	}
 	for _, f := range []string{"report.md", "results.json"} {

@@ -94,6 +94,7 @@ var extraCols = map[string][]extraCol{
 	"dns-qps":   {{"recvmmsg/1k datagrams", "recvmmsg_per_1k_datagrams", "%.1f", 1}, {"sendmmsg/1k datagrams", "sendmmsg_per_1k_datagrams", "%.1f", 1}},
 	"bulk-gso":  bulkCols,
 	"bulk-gro":  bulkCols,
+	"bulk-up":   bulkCols,
 	"quic-bulk": bulkCols,
 	"latency":   {{"max req/s", "max_rate", "%.0f", 1}, {"offered req/s", "offered_rate", "%.0f", 1}},
 	"many-flows": {{"flows live", "flows", "%.0f", 1}, {"RSS B/flow", "rss_bytes_per_flow", "%.0f", 1},
@@ -114,7 +115,7 @@ var bulkCols = []extraCol{{"MB/s", "", "%.1f", 0}, {"proxy CPU µs/MB", "cpu_us_
 	{"GSO sends/MB", "gso_sends_per_mb", "%.1f", 1}}
 
 // bulkScenarios get a table of throughput ratios.
-var bulkScenarios = map[string]bool{"bulk-gso": true, "bulk-gro": true, "quic-bulk": true}
+var bulkScenarios = map[string]bool{"bulk-gso": true, "bulk-gro": true, "bulk-up": true, "quic-bulk": true}
 
 // bytesRatios writes, for a bulk scenario, each target's bytes/s over
 // direct's and each fastudp target's over its -nogso twin, as medians of

@@ -91,6 +91,19 @@ var scenarios = []*scenario{
 		},
 	},
 	{
+		name: "bulk-up", title: "Bulk upload: each request is 32 × 1200 B (one GSO send), acked",
+		about: "closed loop, --bulk-conns client sockets with one request in flight each; a request is a run of 32 datagrams of 1200 bytes " +
+			"sent as one UDP GSO message (an uploading client); the upload sink reads with UDP_GRO, skips a PROXY v2 header in front of " +
+			"each datagram and acks the run's last one; bytes/s is request payload; proxy and harness CPU per MB of it, fastudp's " +
+			"recvmmsg + sendmmsg calls and GSO sends per MB. With --fastudp-args \"--proxy-protocol every\" each datagram gets a header " +
+			"(not a default scenario)",
+		applies: notDNSOnly,
+		measure: func(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
+			return h.simple(ctx, tg, h.uploadSink, target.Mode{}, loadgen.Config{
+				Conns: h.o.BulkConns, Size: 1200, RequestDatagrams: 32, SendBuffer: 8 << 20})
+		},
+	},
+	{
 		name: "quic-bulk", title: "QUIC bulk: quic-go transfers of 16 MB through the target",
 		about: "a quic-go server in the harness (self-signed certificate made at start) sends 16 MiB on every stream its quic-go client opens, " +
 			"2 streams in flight on one connection, repeated for the window; both ends send with UDP GSO and read with UDP_GRO where the kernel allows, " +
@@ -177,6 +190,14 @@ func (h *harness) dnsBackend() (netip.AddrPort, func(), error) {
 
 func (h *harness) blaster() (netip.AddrPort, func(), error) {
 	b, err := loadgen.StartBlaster(loadgen.BlasterConfig{Run: 32, SegmentSize: 1200})
+	if err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	return b.Addr(), func() { b.Close() }, nil
+}
+
+func (h *harness) uploadSink() (netip.AddrPort, func(), error) {
+	b, err := loadgen.StartBlaster(loadgen.BlasterConfig{Upload: 32})
 	if err != nil {
 		return netip.AddrPort{}, nil, err
 	}
@@ -344,11 +365,15 @@ func (h *harness) window(ctx context.Context, inst *target.Instance, cfg loadgen
 	m.Datagrams = st.Sent + st.Received
 	m.Rate = float64(st.Completed) / m.Window
 	m.BytesSec = float64(st.Bytes) / m.Window
+	if r := cfg.RequestDatagrams; r > 1 {
+		// An upload: the payload is what the client sent in acked runs.
+		m.BytesSec = float64(st.Completed*uint64(r*cfg.Size)) / m.Window
+	}
 	m.P50 = float64(st.RTT.Quantile(0.5)) / 1e3
 	m.P99 = float64(st.RTT.Quantile(0.99)) / 1e3
 	m.P999 = float64(st.RTT.Quantile(0.999)) / 1e3
 	fill(&m, inst, s0, s1, m.Datagrams)
-	if cfg.ReplyDatagrams > 1 {
+	if cfg.ReplyDatagrams > 1 || cfg.RequestDatagrams > 1 {
 		fillBulk(&m, s0, s1)
 	}
 	if st.Received == 0 {

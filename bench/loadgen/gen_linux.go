@@ -54,6 +54,12 @@ type Config struct {
 	// with (default 1; the bulk blaster's run length). A request is
 	// complete when the last one (segment ReplyDatagrams-1) arrives.
 	ReplyDatagrams int
+	// RequestDatagrams, in the closed loop, makes each request a run of
+	// this many datagrams of Size bytes (each header carrying its segment
+	// index) sent as one UDP GSO message, as an uploading client does; the
+	// upload blaster ([BlasterConfig].Upload) answers the run's last
+	// datagram. Default 1.
+	RequestDatagrams int
 	// RawSamples keeps up to this many raw round-trip times per phase, in
 	// a slice allocated up front (tests compare them with the histogram).
 	RawSamples int
@@ -189,6 +195,13 @@ func New(cfg Config) (*Generator, error) {
 	}
 	if cfg.Churn && cfg.Rate > 0 {
 		return nil, errors.New("loadgen: churn needs the closed loop")
+	}
+	if cfg.RequestDatagrams <= 0 {
+		cfg.RequestDatagrams = 1
+	}
+	if r := cfg.RequestDatagrams; r > 1 && (cfg.Rate > 0 || len(cfg.DNS) > 0 || len(cfg.Sizes) > 0 ||
+		r > batchio.MaxGSOSegments || r*cfg.Size > 65507) {
+		return nil, fmt.Errorf("loadgen: request runs of %d × %d bytes need the closed loop, one size and the GSO limits", r, cfg.Size)
 	}
 	g := &Generator{cfg: cfg, epfd: -1, replyR: cfg.ReplyDatagrams}
 	if len(cfg.DNS) > 0 {
@@ -627,7 +640,7 @@ func (g *Generator) closedLoop() {
 	b := batchio.NewBatch(g.cfg.Batch)
 	rx := g.rxBuffers(b)
 	tx := []batchio.Message{{}}
-	buf := make([]byte, g.maxLen)
+	buf := make([]byte, g.maxLen*g.cfg.RequestDatagrams)
 	events := make([]unix.EpollEvent, len(g.fds))
 	timeout := int64(g.cfg.Timeout)
 	stopping := false
@@ -649,6 +662,15 @@ func (g *Generator) closedLoop() {
 		g.nextSeq++
 		now := g.now()
 		tx[0].Buf = g.fill(buf, g.nextSeq, c, p, now, uint16(g.nextSeq))
+		if r := g.cfg.RequestDatagrams; r > 1 {
+			// An upload: r datagrams of Size bytes, one GSO send.
+			size := len(tx[0].Buf)
+			for seg := 1; seg < r; seg++ {
+				h := Header{Phase: uint8(p), Seg: uint16(seg), Conn: uint32(c), Len: uint32(size), Seq: g.nextSeq, SentNs: now}
+				h.Put(buf[seg*size:])
+			}
+			tx[0].Buf, tx[0].SegmentSize = buf[:r*size], size
+		}
 		before := g.sendErr[p].Load()
 		g.sendOn(b, c, tx, p)
 		if g.sendErr[p].Load() != before {

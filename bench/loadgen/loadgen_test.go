@@ -9,6 +9,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fastudp/fastudp/batchio"
 )
 
 func TestHeaderRoundTrip(t *testing.T) {
@@ -431,6 +435,70 @@ func TestBlaster(t *testing.T) {
 		if st.GSO == noGSO || st.Requests == 0 || st.Datagrams != 8*st.Requests {
 			t.Errorf("noGSO %v: blaster %+v", noGSO, st)
 		}
+	}
+}
+
+// TestUploadSink: the generator sends each request as one GSO run of 32
+// × 1200 B; the upload sink (reading with GRO) answers each run's last
+// datagram, every request completes once; a PROXY v2 header in front of
+// each datagram (as proxy_protocol every puts there) is skipped.
+func TestUploadSink(t *testing.T) {
+	bl, err := StartBlaster(BlasterConfig{Upload: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bl.Close()
+	g := newGen(t, Config{Target: bl.Addr(), Conns: 4, Size: 1200, RequestDatagrams: 32, Timeout: 10 * time.Second,
+		SendBuffer: 4 << 20})
+	run(g, 50*time.Millisecond, 300*time.Millisecond)
+	s := g.Stats(1)
+	if s.Sent == 0 || s.Completed != s.Sent || s.Received != s.Sent || s.Bytes != HeaderLen*s.Received || s.Loss() != 0 {
+		t.Errorf("%+v loss %v", s, s.Loss())
+	}
+	if st := bl.Stats(); st.Requests < s.Completed || st.Foreign != 0 {
+		t.Errorf("sink %+v, generator completed %d", st, s.Completed)
+	}
+
+	// A run whose datagrams each carry a PROXY v2 header: the ack comes
+	// back for the last one, without the header.
+	fd, err := batchio.DialUpstream(netip.AddrPort{}, bl.Addr(), batchio.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	hdr := append(append([]byte{}, proxySig...), 0x21, 0x12, 0, 12, 127, 0, 0, 1, 127, 0, 0, 1, 0x13, 0x88, 0, 53)
+	var pkt []byte
+	for seg := range 32 {
+		pkt = append(pkt, hdr...)
+		body := make([]byte, 100)
+		h := Header{Seg: uint16(seg), Len: 100, Seq: 77}
+		h.Put(body)
+		pkt = append(pkt, body...)
+	}
+	b := batchio.NewBatch(4)
+	if _, err := b.Send(fd, []batchio.Message{{Buf: pkt, SegmentSize: len(hdr) + 100}}); err != nil {
+		t.Fatal(err)
+	}
+	rx := []batchio.Message{{Buf: make([]byte, 2048)}}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, _ := b.Recv(fd, rx)
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no ack for a run with PROXY headers")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if h, err := ParseHeader(rx[0].Buf[:rx[0].N]); err != nil || h.Seq != 77 || rx[0].N != HeaderLen {
+		t.Fatalf("ack %x: %+v %v", rx[0].Buf[:rx[0].N], h, err)
+	}
+	if got := StripProxy(hdr); len(got) != 0 {
+		t.Errorf("StripProxy left %d bytes of a bare header", len(got))
+	}
+	if got := StripProxy(hdr[:20]); len(got) != 20 {
+		t.Errorf("StripProxy cut a truncated header")
 	}
 }
 

@@ -26,11 +26,11 @@ type server struct {
 	once sync.Once
 }
 
-func newServer(addr netip.AddrPort, batch, rxLen int) (*server, error) {
+func newServer(addr netip.AddrPort, batch, rxLen int, gro bool) (*server, error) {
 	if !addr.IsValid() {
 		addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 0)
 	}
-	fd, err := batchio.ListenUDP(addr, batchio.ListenOptions{RecvBuffer: 4 << 20, SendBuffer: 4 << 20, SpecificPacketInfoOff: true})
+	fd, err := batchio.ListenUDP(addr, batchio.ListenOptions{RecvBuffer: 4 << 20, SendBuffer: 4 << 20, SpecificPacketInfoOff: true, GRO: gro})
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +122,7 @@ func StartDNS(cfg DNSConfig) (*DNSServer, error) {
 	if cfg.Answer == ([4]byte{}) {
 		cfg.Answer = [4]byte{192, 0, 2, 1}
 	}
-	s, err := newServer(cfg.Addr, cfg.Batch, 4096)
+	s, err := newServer(cfg.Addr, cfg.Batch, 4096, false)
 	if err != nil {
 		return nil, fmt.Errorf("dns responder: %w", err)
 	}
@@ -180,6 +180,12 @@ type BlasterConfig struct {
 	NoGSO bool
 	// Batch is the recvmmsg/sendmmsg batch size (0: batchio's default).
 	Batch int
+	// Upload > 0 turns the blaster into an upload sink: it reads with
+	// UDP_GRO, takes requests that are runs of Upload datagrams (the
+	// generator's RequestDatagrams) and answers only the last one (segment
+	// Upload-1) with one datagram: its generator header (Run and
+	// SegmentSize then do not apply).
+	Upload int
 }
 
 // BlasterStats are a blaster's counters.
@@ -196,7 +202,9 @@ type BlasterStats struct {
 // header with its segment index, sent as one UDP GSO message
 // (batchio.Message.SegmentSize) when the kernel takes it, so the run
 // crosses the stack as one large skb until it is segmented. Datagrams
-// without a generator header (readiness probes) are echoed unchanged.
+// without a generator header (readiness probes) are echoed unchanged. A
+// PROXY protocol v2 header in front of a datagram is skipped (and not
+// echoed), so the blaster can stand behind a proxy sending them.
 type Blaster struct {
 	s         *server
 	run, size int
@@ -217,7 +225,10 @@ func StartBlaster(cfg BlasterConfig) (*Blaster, error) {
 	if cfg.Run > batchio.MaxGSOSegments || cfg.SegmentSize < HeaderLen || cfg.Run*cfg.SegmentSize > 65507 {
 		return nil, fmt.Errorf("blaster: run of %d × %d bytes is outside the GSO limits", cfg.Run, cfg.SegmentSize)
 	}
-	s, err := newServer(cfg.Addr, cfg.Batch, 2048)
+	if cfg.Upload > 0 {
+		return startUploadSink(cfg)
+	}
+	s, err := newServer(cfg.Addr, cfg.Batch, 2048, false)
 	if err != nil {
 		return nil, fmt.Errorf("blaster: %w", err)
 	}
@@ -238,10 +249,11 @@ func StartBlaster(cfg BlasterConfig) (*Blaster, error) {
 			if m.Flags != 0 {
 				continue
 			}
-			h, err := ParseHeader(m.Buf[:m.N])
+			data := StripProxy(m.Buf[:m.N])
+			h, err := ParseHeader(data)
 			if err != nil {
 				foreign++
-				out = append(out, batchio.Message{Buf: m.Buf[:m.N], Addr: m.Addr})
+				out = append(out, batchio.Message{Buf: data, Addr: m.Addr})
 				continue
 			}
 			reqs++
@@ -295,6 +307,62 @@ func StartBlaster(cfg BlasterConfig) (*Blaster, error) {
 			msgs = msgs[k+1:]
 		}
 	}
+	go s.run(handle, send)
+	return bl, nil
+}
+
+// startUploadSink starts a blaster in upload mode (cfg.Upload > 0).
+func startUploadSink(cfg BlasterConfig) (*Blaster, error) {
+	batch := cfg.Batch
+	if batch <= 0 {
+		batch = 16 // 64 KiB GRO buffers
+	}
+	s, err := newServer(cfg.Addr, batch, batchio.GROBufferSize, true)
+	if err != nil {
+		return nil, fmt.Errorf("blaster: %w", err)
+	}
+	bl := &Blaster{s: s, run: 1, size: HeaderLen}
+	acks := make([]byte, len(s.rx)*batchio.MaxGSOSegments*HeaderLen)
+	tx := make([]batchio.Message, 0, len(s.rx)*batchio.MaxGSOSegments)
+	last := uint16(cfg.Upload - 1)
+	handle := func(rx []batchio.Message) []batchio.Message {
+		out := tx[:0]
+		var reqs, foreign uint64
+		for i := range rx {
+			m := &rx[i]
+			if m.Flags != 0 {
+				continue
+			}
+			run, seg := m.Buf[:m.N], m.SegmentSize
+			if seg <= 0 || seg > len(run) {
+				seg = len(run)
+			}
+			for off := 0; off < len(run); off += seg {
+				data := StripProxy(run[off:min(off+seg, len(run))])
+				h, err := ParseHeader(data)
+				if err != nil {
+					foreign++
+					if len(out) < cap(out) {
+						out = append(out, batchio.Message{Buf: data, Addr: m.Addr})
+					}
+					continue
+				}
+				if h.Seg != last || len(out) == cap(out) {
+					continue
+				}
+				reqs++
+				bl.perPhase[h.Phase].Add(1)
+				ack := acks[len(out)*HeaderLen : (len(out)+1)*HeaderLen]
+				h.Seg, h.Len = 0, HeaderLen
+				h.Put(ack)
+				out = append(out, batchio.Message{Buf: ack, Addr: m.Addr})
+			}
+		}
+		bl.requests.Add(reqs)
+		bl.foreign.Add(foreign)
+		return out
+	}
+	send := func(msgs []batchio.Message) { bl.datagrams.Add(uint64(s.send(msgs))) }
 	go s.run(handle, send)
 	return bl, nil
 }

@@ -31,6 +31,9 @@ Scenarios (default: all):
   dns-qps         DNS queries, closed loop, a new flow per query
   bulk-gso        each request answered with 32 × 1200 B in one GSO send
   bulk-gro        bulk-gso with the client reading with UDP_GRO
+  bulk-up         each request is 32 × 1200 B sent in one GSO send (an upload),
+                  acked; not in the default set; with --fastudp-args
+                  "--proxy-protocol every" every datagram gets a PROXY v2 header
   quic-bulk       quic-go transfers of 16 MiB through the target (in-process
                   server and client, both with GSO/GRO)
   flow-churn      a new client socket (source port) per request
@@ -79,7 +82,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.Runs, "runs", 3, "repetitions, interleaved; the report gives medians")
 	fs.StringVar(&o.OutDir, "out", "bench-out", "write report.md, results.json and the charts to `DIR` (\"\" for none)")
 	fs.Float64Var(&o.Rate, "rate", 25000, "small-pps: requests per second (open loop)")
-	fs.IntVar(&o.BulkConns, "bulk-conns", 8, "bulk-gso, bulk-gro: client sockets, one request in flight each")
+	fs.IntVar(&o.BulkConns, "bulk-conns", 8, "bulk-gso, bulk-gro, bulk-up: client sockets, one request in flight each")
 	fs.IntVar(&o.Flows, "flows", 100000, "many-flows: flows to open")
 	fs.Float64Var(&o.FloodRate, "flood-rate", 50000, "new-flow-flood: new flows per second")
 	fs.IntVar(&o.FloodMaxFlows, "flood-max-flows", 1000, "new-flow-flood: fastudp's --max-flows")

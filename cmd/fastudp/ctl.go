@@ -122,25 +122,27 @@ func flagError(err error, stdout io.Writer) error {
 	return &exitError{code: 2, err: err}
 }
 
-func ctlCommand(args []string, stdout, stderr io.Writer) error {
+// parseCtl parses a ctl command line into a checked request, sending
+// nothing. A nil request with a nil error means help was printed.
+func parseCtl(args []string, stdout, stderr io.Writer) (ctlRequest, ctlOptions, error) {
 	o := ctlOptions{control: control.DefaultPath, timeout: 30 * time.Second}
 	global := newCtlFlags("fastudp ctl", &o)
 	if err := global.Parse(args); err != nil {
-		return flagError(err, stdout)
+		return nil, o, flagError(err, stdout)
 	}
 	args = global.Args()
 	if len(args) == 0 {
 		fmt.Fprint(stderr, ctlUsage)
-		return &exitError{code: 2}
+		return nil, o, &exitError{code: 2}
 	}
 	cmd, args := args[0], args[1:]
 	if cmd == "help" {
 		fmt.Fprint(stdout, ctlUsage)
-		return nil
+		return nil, o, nil
 	}
 	if cmd == "backend" {
 		if len(args) == 0 {
-			return usageError("backend: want add, remove, drain, undrain or weight")
+			return nil, o, usageError("backend: want add, remove, drain, undrain or weight")
 		}
 		cmd, args = "backend "+args[0], args[1:]
 	}
@@ -153,17 +155,22 @@ func ctlCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return flagError(err, stdout)
+		return nil, o, flagError(err, stdout)
 	}
 	fs.Visit(func(f *flag.Flag) { o.given = append(o.given, f.Name) })
 	if o.timeout <= 0 {
-		return usageError("--timeout must be positive")
+		return nil, o, usageError("--timeout must be positive")
 	}
 	if o.control == "" {
-		return usageError("--control: empty path")
+		return nil, o, usageError("--control: empty path")
 	}
 	req, err := parseCtlRequest(cmd, pos, &o)
-	if err != nil {
+	return req, o, err
+}
+
+func ctlCommand(args []string, stdout, stderr io.Writer) error {
+	req, o, err := parseCtl(args, stdout, stderr)
+	if err != nil || req == nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)

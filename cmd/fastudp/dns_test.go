@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -124,15 +125,28 @@ zone:
 	return addr, stop
 }
 
-// freeTCPAndUDPPort returns a loopback port free for both protocols.
+// freeTCPAndUDPPort returns a loopback port free for both protocols. It
+// picks below the kernel's ephemeral range, so no socket the kernel binds
+// automatically meanwhile (a test's client socket, an outgoing TCP
+// connection) can take the port before the process under test binds it;
+// only another test picking the same random port could, and the range is
+// large.
 func freeTCPAndUDPPort(t *testing.T) int {
 	t.Helper()
-	for range 50 {
-		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 12000 {
+				low = n
+			}
 		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
+	}
+	for range 200 {
+		port := 10000 + rand.IntN(low-10000)
+		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+		if err != nil {
+			continue
+		}
 		l, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
 		u.Close()
 		if err == nil {

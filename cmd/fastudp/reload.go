@@ -47,6 +47,7 @@ func (p *proxy) reload() (reloadResult, error) {
 	}
 	cur := p.cfg
 	res.Restart = append(res.Restart, processKeyChanges(cur, next)...)
+	p.reloadSourceLimit(cur, next)
 	if listenersChanged(cur, next) {
 		res.Restart = append(res.Restart, "[[listener]] tables")
 	}
@@ -90,6 +91,7 @@ func (p *proxy) reloadCluster(ci int, old, nc *config.Cluster, res *reloadResult
 	if old.CoreConfig(0) != nc.CoreConfig(0) {
 		old.Affinity, old.Responses, old.Requests = nc.Affinity, nc.Responses, nc.Requests
 		old.FrontTimeout, old.BackTimeout, old.Lifetime, old.ProxyProtocol = nc.FrontTimeout, nc.BackTimeout, nc.Lifetime, nc.ProxyProtocol
+		old.MaxAmplification, old.AmplificationAllowance = nc.MaxAmplification, nc.AmplificationAllowance
 		for li := range p.cfg.Listeners {
 			if p.cfg.Listeners[li].Cluster == old.Name {
 				cc, _ := p.cfg.ListenerCoreConfig(li)
@@ -185,7 +187,7 @@ func processKeyChanges(a, b *config.Config) []string {
 	t := va.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
-		if !f.IsExported() || f.Name == "Listeners" || f.Name == "Clusters" {
+		if !f.IsExported() || f.Name == "Listeners" || f.Name == "Clusters" || f.Name == "SourceLimit" {
 			continue
 		}
 		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
@@ -211,4 +213,18 @@ func snakeCase(s string) string {
 
 func listenersChanged(a, b *config.Config) bool {
 	return !slices.Equal(a.Listeners, b.Listeners)
+}
+
+// reloadSourceLimit applies a changed per-source new-flow limit (the
+// source_* keys) to every shard: each gets its share under the running
+// shard count and steering (which a reload does not change).
+func (p *proxy) reloadSourceLimit(cur, next *config.Config) {
+	if cur.SourceLimit == next.SourceLimit {
+		return
+	}
+	cur.SourceLimit = next.SourceLimit
+	ac := cur.AdmissionConfig(len(p.group.Shards()))
+	p.group.Broadcast(core.ConfigEvent{Kind: core.ConfigSetAdmission, Admission: ac})
+	p.log.Info("reload: per-source new-flow limit changed", "source_flow_rate", cur.SourceLimit.Rate,
+		"source_flow_burst", cur.SourceLimit.Burst, "per_shard_interval", ac.Interval, "per_shard_burst", ac.Burst)
 }

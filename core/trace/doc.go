@@ -47,7 +47,9 @@
 //
 // PAYLOAD is data="..." (a Go string), hex=0a0b or len=N (N bytes of
 // "abcd...zabc...", so a preview shows which part of a run it is). seg=N makes
-// the payload a GRO run of N-byte segments; tos is the TOS byte.
+// the payload a GRO run of N-byte segments; tos is the TOS byte. In the
+// transcript, a send-backend with both hdr= and seg= carries the header in
+// front of every segment (see [core.OutSendToBackend]).
 //
 // "show" prints the manager's state and its live flows (not a Handle call).
 //
