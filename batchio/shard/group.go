@@ -101,11 +101,6 @@ func NewGroup(o GroupOptions) (*Group, error) {
 		g.close()
 		return nil, err
 	}
-	if o.Resume != nil {
-		if err := resumeListeners(&o, g.addrs); err != nil {
-			return nil, err
-		}
-	}
 	for li, l := range o.Listeners {
 		if g.addrs[li].Port() == 0 && o.Resume == nil {
 			p, err := reservePort(g.addrs[li].Addr())
@@ -134,6 +129,11 @@ func NewGroup(o GroupOptions) (*Group, error) {
 		}
 	}
 	o.Listen.GRO = o.GRO
+	if o.Resume != nil {
+		if err := resumeListeners(&o, g.addrs); err != nil {
+			return nil, err
+		}
+	}
 	lfds := make([][]int, len(o.Listeners)) // listener → shard → socket, for steering
 	for si := 0; si < o.Shards; si++ {
 		fds := make([]int, 0, len(o.Listeners))
