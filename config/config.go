@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fastudp/fastudp/core"
+	"github.com/fastudp/fastudp/quiclb"
 )
 
 // Process-wide defaults and limits. docs/configuration.md lists them with the
@@ -171,7 +172,11 @@ type Cluster struct {
 	MaxAmplification       uint32
 	AmplificationAllowance int
 	Health                 Health
-	Backends               []Backend
+	// QUICLB is the QUIC-LB configuration of affinity "quic" (the zero
+	// value when the cluster has no quic_lb table): backends' server IDs
+	// are read from the connection IDs of new flows.
+	QUICLB   quiclb.Config
+	Backends []Backend
 }
 
 // Backend is one [[cluster.backend]] table.
@@ -183,6 +188,9 @@ type Backend struct {
 	// Backup marks a backend that gets new flows only while no primary
 	// backend of its cluster is usable (up and not draining).
 	Backup bool
+	// ServerID is the backend's QUIC-LB server ID (raw bytes; hexadecimal in
+	// the file), or "" when it has none.
+	ServerID string
 }
 
 // Label returns the backend's name, or its address when it has none: the

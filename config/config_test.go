@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fastudp/fastudp/core"
+	"github.com/fastudp/fastudp/quiclb"
 )
 
 const examplePath = "../testdata/fastudp.toml"
@@ -69,13 +70,14 @@ func exampleConfig() Config {
 				},
 			},
 			{
-				Name: "quic", LB: LBHRW, Affinity: core.AffinityIPPort, Responses: 0, Requests: 0,
+				Name: "quic", LB: LBHRW, Affinity: core.AffinityQUIC, Responses: 0, Requests: 0,
 				FrontTimeout: 30 * time.Second, BackTimeout: 30 * time.Second, Lifetime: 24 * time.Hour,
 				ProxyProtocol: core.ProxyFirst, MaxAmplification: 10, AmplificationAllowance: 2048,
 				DNS: DefaultDNS(), FailOpen: true, Health: DefaultHealth(),
+				QUICLB: quiclb.Config{ServerIDLen: 2, NonceLen: 8},
 				Backends: []Backend{
-					{Address: netip.MustParseAddrPort("[::1]:4434"), Weight: 100},
-					{Name: "quic-b", Address: netip.MustParseAddrPort("127.0.0.1:4435"), Weight: 50, Backup: true},
+					{Address: netip.MustParseAddrPort("[::1]:4434"), Weight: 100, ServerID: "\x0a\x01"},
+					{Name: "quic-b", Address: netip.MustParseAddrPort("127.0.0.1:4435"), Weight: 50, Backup: true, ServerID: "\x0a\x02"},
 				},
 			},
 		},
@@ -522,9 +524,10 @@ func TestCoreConfig(t *testing.T) {
 	}
 	lc, ok := c.ListenerCoreConfig(1)
 	wantL := core.ClusterConfig{
-		Cluster: 1, Affinity: core.AffinityIPPort, FrontTimeout: 30 * time.Second, BackTimeout: 30 * time.Second,
+		Cluster: 1, Affinity: core.AffinityQUIC, FrontTimeout: 30 * time.Second, BackTimeout: 30 * time.Second,
 		Lifetime: 24 * time.Hour, ProxyProtocol: core.ProxyFirst, PublicAddr: netip.MustParseAddrPort("[2001:db8::10]:443"),
 		MaxAmplification: 10, AmplificationAllowance: 2048,
+		QUIC: quiclb.Config{ServerIDLen: 2, NonceLen: 8},
 	}
 	if !ok || lc != wantL {
 		t.Errorf("ListenerCoreConfig(1) = %+v, %v; want %+v", lc, ok, wantL)

@@ -47,12 +47,14 @@ type Flags struct {
 	Health        string   // --health none|udp|dns|tcp|quic
 	HealthDNSName string   // --health-dns-name NAME
 	HealthSend    string   // --health-send PAYLOAD
+	QUICSIDLen    string   // --quic-sid-len N: quic_lb.server_id_len
+	QUICNonceLen  string   // --quic-nonce-len N: quic_lb.nonce_len
 }
 
 // Register defines the quick-start flags on fs, storing into f.
 func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Listen, "listen", "", "listen on `ADDR` (ip:port) without a config file")
-	fs.Func("backend", "forward to backend `ADDR` (ip:port); repeat for more backends", func(s string) error {
+	fs.Func("backend", "forward to backend `ADDR` (ip:port, or ip:port,sid=HEX with a QUIC-LB server ID); repeat for more backends", func(s string) error {
 		f.Backends = append(f.Backends, s)
 		return nil
 	})
@@ -82,6 +84,8 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Health, "health", "", "active health probe `TYPE`: none, udp, dns, tcp or quic (default none)")
 	fs.StringVar(&f.HealthDNSName, "health-dns-name", "", "dns health probe: query `NAME` (type A, NOERROR expected)")
 	fs.StringVar(&f.HealthSend, "health-send", "", "udp health probe: send `PAYLOAD`; any reply counts as up")
+	fs.StringVar(&f.QUICSIDLen, "quic-sid-len", "", "affinity quic: QUIC-LB server IDs of `N` bytes, given as --backend ADDR,sid=HEX (config_id 0)")
+	fs.StringVar(&f.QUICNonceLen, "quic-nonce-len", "", "affinity quic: QUIC-LB nonces of `N` bytes (default 8, or 19 - the server ID length when smaller)")
 	fs.BoolFunc("gso", "send a run of equal-size datagrams with one UDP_SEGMENT (GSO) send; --gso=false sends them one by one (default on)", func(s string) error {
 		f.GSO = s
 		return nil
@@ -129,6 +133,8 @@ var flagSpecs = []flagSpec{
 	{name: "health", paths: []string{"cluster[0].health.type"}, get: func(f *Flags) string { return f.Health }},
 	{name: "health-dns-name", paths: []string{"cluster[0].health.dns_name"}, get: func(f *Flags) string { return f.HealthDNSName }},
 	{name: "health-send", paths: []string{"cluster[0].health.send"}, get: func(f *Flags) string { return f.HealthSend }},
+	{name: "quic-sid-len", paths: []string{"cluster[0].quic_lb.server_id_len"}, get: func(f *Flags) string { return f.QUICSIDLen }, int: true},
+	{name: "quic-nonce-len", paths: []string{"cluster[0].quic_lb.nonce_len"}, get: func(f *Flags) string { return f.QUICNonceLen }, int: true},
 }
 
 // Given returns the quick-start flags that were given, as "--name", so the
@@ -159,6 +165,9 @@ func (f *Flags) Config() (*Config, error) {
 	backends := make([]map[string]any, len(f.Backends))
 	for i, b := range f.Backends {
 		backends[i] = map[string]any{"address": b}
+		if addr, sid, ok := strings.Cut(b, ",sid="); ok {
+			backends[i] = map[string]any{"address": addr, "server_id": sid}
+		}
 		src.flags[indexPath("cluster[0].backend", i)] = "--backend"
 	}
 	cl["backend"] = backends
@@ -199,6 +208,13 @@ func (f *Flags) Config() (*Config, error) {
 					cl["health"] = h
 				}
 				h[k] = val
+			} else if k, ok := strings.CutPrefix(p, "cluster[0].quic_lb."); ok {
+				q, _ := cl["quic_lb"].(map[string]any)
+				if q == nil {
+					q = map[string]any{}
+					cl["quic_lb"] = q
+				}
+				q[k] = val
 			} else if k, ok := strings.CutPrefix(p, "cluster[0]."); ok {
 				cl[k] = val
 			} else {
@@ -206,6 +222,7 @@ func (f *Flags) Config() (*Config, error) {
 			}
 		}
 	}
+	src.flags["cluster[0].quic_lb"] = "--quic-sid-len"
 	c, err := decode(top, src)
 	if err != nil {
 		return nil, err

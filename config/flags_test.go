@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fastudp/fastudp/core"
+	"github.com/fastudp/fastudp/quiclb"
 )
 
 func parseFlags(t *testing.T, args ...string) *Flags {
@@ -85,7 +86,7 @@ func TestFlagErrors(t *testing.T) {
 		{"idle-timeout", append(ok, "--idle-timeout", "30x"), `--idle-timeout: "30x" is not a duration`},
 		{"idle-timeout-zero", append(ok, "--idle-timeout", "0s"), `--idle-timeout: 0s: must be greater than 0`},
 		{"max-flows", append(ok, "--max-flows", "0"), `--max-flows: 0 is outside 1..268435456`},
-		{"affinity", append(ok, "--affinity", "port"), `--affinity: "port" is not valid, want ip, ip-port or datagram`},
+		{"affinity", append(ok, "--affinity", "port"), `--affinity: "port" is not valid, want ip, ip-port, datagram or quic`},
 		{"proxy", append(ok, "--proxy-protocol", "v2"), `--proxy-protocol: "v2" is not valid, want off, first or every`},
 		{"shards", append(ok, "--shards", "-2"), `--shards: -2 is outside 0..1024`},
 		{"seed", append(ok, "--seed", "-2"), `--seed: "-2" is not a 64-bit unsigned integer`},
@@ -93,6 +94,13 @@ func TestFlagErrors(t *testing.T) {
 		{"log-level", append(ok, "--log-level", "loud"), `--log-level: "loud" is not valid, want debug, info, warn or error`},
 		{"steering", append(ok, "--steering", "bpf"), `--steering: "bpf" is not valid, want kernel, hash or cpu`},
 		{"steering-key", append(ok, "--steering-key", "ip-port"), `--steering-key: "ip-port" is not valid, want flow or ip`},
+		{"quic-no-affinity", append(ok, "--quic-sid-len", "2"), `--quic-sid-len: needs affinity = "quic"`},
+		{"quic-sid-len", append(ok, "--affinity", "quic", "--quic-sid-len", "16"), `--quic-sid-len: 16 is outside 0..15`},
+		{"quic-nonce-len", append(ok, "--affinity", "quic", "--quic-sid-len", "2", "--quic-nonce-len", "3"), `--quic-sid-len: nonce_len 3: want at least 4`},
+		{"sid-length", []string{"--listen", "127.0.0.1:53", "--affinity", "quic", "--quic-sid-len", "2", "--backend", "10.0.0.1:53,sid=01"}, `--backend: 01 is 1 bytes, quic_lb's server_id_len is 2`},
+		{"sid-hex", []string{"--listen", "127.0.0.1:53", "--affinity", "quic", "--quic-sid-len", "1", "--backend", "10.0.0.1:53,sid=zz"}, `--backend: "zz": want the server ID in hexadecimal`},
+		{"sid-dup", []string{"--listen", "127.0.0.1:53", "--affinity", "quic", "--quic-sid-len", "1", "--backend", "10.0.0.1:53,sid=01", "--backend", "10.0.0.2:53,sid=01"}, `--backend: 01 is also the server ID of backend "10.0.0.1:53"`},
+		{"sid-no-quic-lb", []string{"--listen", "127.0.0.1:53", "--backend", "10.0.0.1:53,sid=01"}, `--backend: needs the cluster's quic_lb table`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseFlags(t, tc.args...).Config()
@@ -141,5 +149,30 @@ func TestFlagGSO(t *testing.T) {
 		if c.GSO != want {
 			t.Errorf("%q: GSO %v, want %v", args, c.GSO, want)
 		}
+	}
+}
+
+// TestFlagsQUIC: --affinity quic --quic-sid-len N --backend ADDR,sid=HEX
+// build the quic_lb table and the backends' server IDs.
+func TestFlagsQUIC(t *testing.T) {
+	c, err := parseFlags(t, "--listen", "127.0.0.1:443", "--affinity", "quic", "--quic-sid-len", "2",
+		"--backend", "10.0.0.1:443,sid=0a01", "--backend", "10.0.0.2:443,sid=0x0A02", "--backend", "10.0.0.3:443").Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := c.Clusters[0]
+	if cl.Affinity != core.AffinityQUIC || cl.QUICLB != (quiclb.Config{ServerIDLen: 2, NonceLen: 8}) {
+		t.Fatalf("cluster %+v", cl)
+	}
+	if cl.Backends[0].ServerID != "\x0a\x01" || cl.Backends[1].ServerID != "\x0a\x02" || cl.Backends[2].ServerID != "" {
+		t.Fatalf("backends %+v", cl.Backends)
+	}
+	c, err = parseFlags(t, "--listen", "127.0.0.1:443", "--affinity", "quic", "--quic-sid-len", "15", "--backend", "10.0.0.1:443").Config()
+	if err != nil || c.Clusters[0].QUICLB.NonceLen != 4 {
+		t.Fatalf("default nonce for a 15-byte server ID: %+v, %v", c, err)
+	}
+	c, err = parseFlags(t, "--listen", "127.0.0.1:443", "--affinity", "quic", "--quic-sid-len", "3", "--quic-nonce-len", "5", "--backend", "10.0.0.1:443").Config()
+	if err != nil || c.Clusters[0].QUICLB.NonceLen != 5 {
+		t.Fatalf("--quic-nonce-len: %+v, %v", c, err)
 	}
 }

@@ -2,11 +2,14 @@ package config
 
 import (
 	"bytes"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/fastudp/fastudp/quiclb"
 )
 
 // MarshalTOML writes c as a config file that [Parse] reads back to an equal
@@ -90,6 +93,13 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 		w("max_amplification", cl.MaxAmplification)
 		w("amplification_allowance", cl.AmplificationAllowance)
 		indent = "  "
+		if q := cl.QUICLB; q != (quiclb.Config{}) {
+			b.WriteString("\n  [cluster.quic_lb]\n")
+			w("config_id", int(q.ConfigID))
+			w("server_id_len", int(q.ServerIDLen))
+			w("nonce_len", int(q.NonceLen))
+			w("self_encoded_length", q.SelfEncodedLength)
+		}
 		h := &cl.Health
 		b.WriteString("\n  [cluster.health]\n")
 		w("type", h.Type.String())
@@ -117,6 +127,9 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 			w("weight", be.Weight)
 			if be.Backup {
 				w("backup", true)
+			}
+			if be.ServerID != "" {
+				w("server_id", hex.EncodeToString([]byte(be.ServerID)))
 			}
 		}
 		indent = ""

@@ -88,6 +88,10 @@ func decode(raw map[string]any, src *origin) (*Config, error) {
 				item := itemName("cluster", m, i)
 				cl := NewCluster("")
 				decodeTable(d, m, "cluster", path, item, clusterFields, &cl, func(v value) bool {
+					if v.key == "quic_lb" {
+						decodeQUICLB(d, v, item, &cl)
+						return true
+					}
 					if v.key == "health" {
 						hm, ok := v.raw.(map[string]any)
 						if !ok {
@@ -217,6 +221,7 @@ var (
 		{"address", func(v value, b *Backend) { v.addrPort(&b.Address) }},
 		{"weight", func(v value, b *Backend) { v.int(&b.Weight) }},
 		{"backup", func(v value, b *Backend) { v.bool(&b.Backup) }},
+		{"server_id", func(v value, b *Backend) { v.serverID(&b.ServerID) }},
 	}
 )
 
@@ -253,8 +258,9 @@ var schemaTables = []struct {
 }{
 	{"", "the top level", append(fieldKeys(topFields), "listener", "cluster")},
 	{"listener", "[[listener]]", fieldKeys(listenerFields)},
-	{"cluster", "[[cluster]]", append(fieldKeys(clusterFields), "backend", "health")},
+	{"cluster", "[[cluster]]", append(fieldKeys(clusterFields), "backend", "health", "quic_lb")},
 	{"cluster.health", "[cluster.health]", fieldKeys(healthFields)},
+	{"cluster.quic_lb", "quic_lb", fieldKeys(quicLBFields)},
 	{"cluster.backend", "[[cluster.backend]]", fieldKeys(backendFields)},
 }
 

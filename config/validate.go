@@ -175,8 +175,8 @@ func (v *validator) cluster(c *Config, i int) {
 	if cl.LB > LBP2C {
 		v.fail(joinPath(path, "lb"), item, "lb", "%v is not valid, want maglev, hrw, rr, random or p2c", cl.LB)
 	}
-	if cl.Affinity > core.AffinityDatagram {
-		v.fail(joinPath(path, "affinity"), item, "affinity", "%v is not valid, want ip, ip-port or datagram", cl.Affinity)
+	if cl.Affinity > core.AffinityQUIC {
+		v.fail(joinPath(path, "affinity"), item, "affinity", "%v is not valid, want ip, ip-port, datagram or quic", cl.Affinity)
 	}
 	if cl.ProxyProtocol > core.ProxyEvery {
 		v.fail(joinPath(path, "proxy_protocol"), item, "proxy_protocol", "%v is not valid, want off, first or every", cl.ProxyProtocol)
@@ -197,6 +197,7 @@ func (v *validator) cluster(c *Config, i int) {
 	}
 	v.amplification(cl, path, item)
 	v.dnsMode(cl, path, item)
+	v.quicLB(cl, path, item)
 	v.health(cl, joinPath(path, "health"), item)
 	if len(cl.Backends) == 0 && cl.Name != "" {
 		for j := range c.Listeners {

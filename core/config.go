@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/fastudp/fastudp/quiclb"
 )
 
 // Affinity chooses the client key hashed for backend selection.
@@ -25,6 +27,15 @@ const (
 	// SelectBackend key mixes the ip-port key with a per-manager counter,
 	// so consecutive datagrams of one client spread over the backends.
 	AffinityDatagram
+	// AffinityQUIC is for QUIC: a new flow whose first datagram is a long
+	// header with a client-chosen destination connection ID (an Initial or
+	// 0-RTT packet, or an unknown version) is keyed by a seeded hash of that
+	// ID ([QUICCIDHash]), so an Initial retransmitted from another port
+	// reaches the same backend; any other flow by the ip-port key, which
+	// the shell's picker uses only when the connection ID carries no server
+	// ID it knows ([ClusterConfig.QUIC]). A first datagram that breaks the
+	// QUIC invariants (RFC 8999) is dropped with [DropMalformed].
+	AffinityQUIC
 )
 
 func (a Affinity) String() string {
@@ -35,11 +46,13 @@ func (a Affinity) String() string {
 		return "ip-port"
 	case AffinityDatagram:
 		return "datagram"
+	case AffinityQUIC:
+		return "quic"
 	}
 	return fmt.Sprintf("affinity(%d)", uint8(a))
 }
 
-// ParseAffinity parses "ip", "ip-port" or "datagram".
+// ParseAffinity parses "ip", "ip-port", "datagram" or "quic".
 func ParseAffinity(s string) (Affinity, error) {
 	switch s {
 	case "ip":
@@ -48,8 +61,10 @@ func ParseAffinity(s string) (Affinity, error) {
 		return AffinityIPPort, nil
 	case "datagram":
 		return AffinityDatagram, nil
+	case "quic":
+		return AffinityQUIC, nil
 	}
-	return 0, fmt.Errorf("affinity %q: want ip, ip-port or datagram", s)
+	return 0, fmt.Errorf("affinity %q: want ip, ip-port, datagram or quic", s)
 }
 
 // ProxyMode chooses when a PROXY protocol v2 header precedes upstream datagrams.
@@ -142,13 +157,20 @@ type ClusterConfig struct {
 	// applies, so that a first reply larger than MaxAmplification × a small
 	// request (a DNS answer, a QUIC handshake) is not dropped.
 	AmplificationAllowance uint32
+	// QUIC is the cluster's QUIC-LB configuration under [AffinityQUIC]: it
+	// gives a short header's destination connection ID length, so a
+	// datagram too short to hold one is dropped as malformed. The zero value
+	// (none) checks only the long header.
+	QUIC quiclb.Config
 }
 
 // Validate reports the first invalid field of c.
 func (c *ClusterConfig) Validate() error {
 	switch {
-	case c.Affinity > AffinityDatagram:
+	case c.Affinity > AffinityQUIC:
 		return fmt.Errorf("affinity %d: unknown mode", c.Affinity)
+	case c.QUIC != (quiclb.Config{}) && c.QUIC.Validate() != nil:
+		return fmt.Errorf("quic_lb: %w", c.QUIC.Validate())
 	case c.ProxyProtocol > ProxyEvery:
 		return fmt.Errorf("proxy protocol %d: unknown mode", c.ProxyProtocol)
 	case c.FrontTimeout < 0:
@@ -173,8 +195,11 @@ func (c ClusterConfig) normalized() ClusterConfig {
 	if c.Lifetime < 0 {
 		c.Lifetime = 0
 	}
-	if c.Affinity > AffinityDatagram {
+	if c.Affinity > AffinityQUIC {
 		c.Affinity = AffinityIP
+	}
+	if c.QUIC.Validate() != nil {
+		c.QUIC = quiclb.Config{} // no server IDs: long headers checked only
 	}
 	if c.Affinity == AffinityDatagram {
 		c.Requests = 1 // every datagram a flow of its own

@@ -30,9 +30,10 @@
 // # Flows
 //
 // A flow is keyed by the listener, the full client address and the local
-// address the datagram arrived on. The affinity mode of a cluster ([AffinityIP]
-// or [AffinityIPPort]) only chooses the key hashed for backend selection
-// ([AffinityHash]); it never merges client ports into one flow. Flow ids
+// address the datagram arrived on. The affinity mode of a cluster ([AffinityIP],
+// [AffinityIPPort], [AffinityDatagram] or [AffinityQUIC]) only chooses the key
+// hashed for backend selection ([AffinityHash], [QUICCIDHash]); it never merges
+// client ports into one flow. Flow ids
 // ([FlowID]) carry a generation, so an id that outlived its flow never reaches
 // a newer flow in the same slot.
 //

@@ -15,7 +15,8 @@ import (
 //	    seed as 8 bytes, little-endian;
 //	    the client IP: 4 bytes for IPv4 (IPv4-mapped IPv6 is unmapped first),
 //	        16 bytes for IPv6, in network order;
-//	    with AffinityIPPort only: the client port, 2 bytes, big-endian;
+//	    with AffinityIPPort (and AffinityDatagram and AffinityQUIC): the
+//	        client port, 2 bytes, big-endian;
 //	do  h ^= b; h *= 0x100000001b3             // FNV-1a 64 prime
 //	h ^= h >> 30; h *= 0xbf58476d1ce4e5b9      // splitmix64 finaliser
 //	h ^= h >> 27; h *= 0x94d049bb133111eb
@@ -60,7 +61,7 @@ func affinityFrom(h uint64, client netip.AddrPort, mode Affinity) uint64 {
 			h *= fnvPrime64
 		}
 	}
-	if mode == AffinityIPPort || mode == AffinityDatagram {
+	if mode == AffinityIPPort || mode == AffinityDatagram || mode == AffinityQUIC {
 		p := client.Port()
 		h ^= uint64(p >> 8)
 		h *= fnvPrime64

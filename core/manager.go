@@ -95,6 +95,7 @@ type Manager struct {
 
 	affinityBase uint64 // FNV-1a state after the seed bytes
 	datagramSeq  uint64 // admissions under AffinityDatagram, mixed into their keys
+	admitting    firstDatagram
 	secrets      tableSecrets
 
 	flows    flowSlab
@@ -343,6 +344,9 @@ func (m *Manager) onClient(now Time, in *Input) {
 				m.drop(DropShed, segmentCount(len(payload), seg), len(payload))
 				return
 			}
+			if !m.admissible(ver, payload, seg) {
+				return
+			}
 			idx = m.admit(now, h, &k, ver)
 		}
 		payload = m.accept(now, idx, payload, seg, in.TOS)
@@ -425,6 +429,7 @@ func (m *Manager) admit(now Time, h uint64, k *flowKey, ver int32) uint32 {
 		m.datagramSeq++
 		o.Key = splitmix64(o.Key ^ m.datagramSeq*0x9e3779b97f4a7c15)
 	}
+	m.admitted(o)
 	o.Client, o.Local = client, k.local.addrPort()
 	return idx
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/fastudp/fastudp/quiclb"
 )
 
 // Addresses shared by the manager tests.
@@ -1797,7 +1799,9 @@ func TestClusterConfigValidate(t *testing.T) {
 	}{
 		{"zero", ClusterConfig{}, true},
 		{"full", ClusterConfig{Affinity: AffinityIPPort, ProxyProtocol: ProxyEvery, Responses: 1, Requests: 1, FrontTimeout: 1, BackTimeout: 1, Lifetime: 1}, true},
-		{"bad affinity", ClusterConfig{Affinity: AffinityDatagram + 1}, false},
+		{"bad affinity", ClusterConfig{Affinity: AffinityQUIC + 1}, false},
+		{"bad quic_lb", ClusterConfig{Affinity: AffinityQUIC, QUIC: quiclb.Config{ServerIDLen: 2, NonceLen: 1}}, false},
+		{"quic_lb", ClusterConfig{Affinity: AffinityQUIC, QUIC: quiclb.Config{ServerIDLen: 2, NonceLen: 4}}, true},
 		{"bad proxy mode", ClusterConfig{ProxyProtocol: 3}, false},
 		{"negative front", ClusterConfig{FrontTimeout: -1}, false},
 		{"negative back", ClusterConfig{BackTimeout: -1}, false},

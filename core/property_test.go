@@ -810,7 +810,7 @@ func drawCluster(t *rapid.T) ClusterConfig {
 func clusterFrom(next func() int) ClusterConfig {
 	c := ClusterConfig{
 		Cluster:       ClusterID(1 + next()%5),
-		Affinity:      Affinity(next() % 2),
+		Affinity:      Affinity([]Affinity{AffinityIP, AffinityIPPort, AffinityQUIC}[next()%3]),
 		Responses:     uint32(next() % 4),
 		Requests:      uint32(next() % 4),
 		FrontTimeout:  simTimeouts[next()%len(simTimeouts)],

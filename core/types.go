@@ -216,7 +216,10 @@ type Output struct {
 	// Header is a PROXY v2 header to send in front of Payload (in front of
 	// each of its segments when SegmentSize > 0), or nil.
 	Header []byte
-	// Payload is the datagram or GSO run to send.
+	// Payload is the datagram or GSO run to send; for OutSelectBackend, the
+	// flow's first datagram (the first segment of a GRO run), borrowed like
+	// the input it came from until the next [Manager.Handle], so the shell
+	// can route by its content (a QUIC connection ID's server ID).
 	Payload []byte
 	// SegmentSize is the GSO segment size of Payload, or 0 for one datagram.
 	SegmentSize int
@@ -246,7 +249,7 @@ type DropReason uint8
 
 // Drop reasons. Admission checks run in this order: DropOversize,
 // DropNoCluster, DropInvalid, (existing flow), DropDraining,
-// DropRateLimited, DropShed.
+// DropRateLimited, DropShed, DropMalformed.
 const (
 	// DropOversize: a datagram (or a GRO segment) longer than the maximum
 	// receive size.
@@ -278,11 +281,15 @@ const (
 	// DropAmplification: backend datagrams beyond the flow's amplification
 	// budget ([ClusterConfig.MaxAmplification]).
 	DropAmplification
+	// DropMalformed: the first datagram of a new flow under [AffinityQUIC]
+	// breaks the QUIC invariants (RFC 8999): empty, a long header cut short,
+	// or a short header too short for the configured connection ID.
+	DropMalformed
 	numDropReasons
 )
 
 var dropReasonNames = [...]string{"", "oversize", "no_cluster", "invalid", "draining", "shed",
-	"pending_overflow", "unknown_flow", "no_backend", "flow_closed", "rate_limited", "amplification"}
+	"pending_overflow", "unknown_flow", "no_backend", "flow_closed", "rate_limited", "amplification", "malformed"}
 
 // NumDropReasons bounds the drop reasons, for arrays indexed by them.
 const NumDropReasons = int(numDropReasons)

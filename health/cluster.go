@@ -27,6 +27,11 @@ type View struct {
 	// (every backend draining, or all down without fail-open) makes every
 	// lookup fail: the caller drops the new flow.
 	Usable *balance.Set
+	// Serving holds the indices of the backends that can still serve the
+	// connections they have: up, draining or not (every backend while
+	// FailingOpen). A QUIC-LB server ID names such a connection's backend.
+	// nil means every backend.
+	Serving *balance.Set
 	// FailingOpen reports that no backend is up and the cluster fails open.
 	FailingOpen bool
 	// Gen numbers the cluster's views from 1, in publication order.
@@ -361,8 +366,9 @@ func (c *Cluster) publishLocked() {
 	if up == n {
 		usable = nil
 	}
+	serving := servingSet(c.backends, failingOpen)
 	old := c.view.Load()
-	if old != nil && old.Table == c.table && old.FailingOpen == failingOpen && sameSet(old.Usable, usable, n) {
+	if old != nil && old.Table == c.table && old.FailingOpen == failingOpen && sameSet(old.Usable, usable, n) && sameSet(old.Serving, serving, n) {
 		return
 	}
 	if failingOpen != c.failingOpen {
@@ -376,11 +382,37 @@ func (c *Cluster) publishLocked() {
 		}
 	}
 	c.gen++
-	v := &View{Table: c.table, Usable: usable, FailingOpen: failingOpen, Gen: c.gen}
+	v := &View{Table: c.table, Usable: usable, Serving: serving, FailingOpen: failingOpen, Gen: c.gen}
 	c.view.Store(v)
 	if c.m.onChange != nil && c.registered {
 		c.m.onChange(c, v)
 	}
+}
+
+// servingSet returns the set of backends up, draining or not (nil for all;
+// all while failing open).
+func servingSet(backends []*backend, failingOpen bool) *balance.Set {
+	if failingOpen {
+		return nil
+	}
+	s, n := balance.NewSet(len(backends)), 0
+	for i, b := range backends {
+		if b.healthy {
+			s.Add(i)
+			n++
+		}
+	}
+	if n == len(backends) {
+		return nil
+	}
+	return s
+}
+
+// IsServing reports whether the backend at addr is in the table and can
+// serve the connections it has (see [View.Serving]). It allocates nothing.
+func (v *View) IsServing(addr netip.AddrPort) bool {
+	i, ok := v.Table.IndexOf(addr)
+	return ok && (v.Serving == nil || v.Serving.Has(i))
 }
 
 // sameSet reports whether a and b (nil meaning all) hold the same indices

@@ -95,8 +95,10 @@ func TestMonitorDNSKnot(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "successful probes", func() bool { return backendStatus(t, c, k.addr()).ProbeSuccesses >= 3 })
-	if s := backendStatus(t, c, k.addr()); s.State != Up || s.ProbeFailures != 0 {
-		t.Fatalf("status %+v, want up without failures", s)
+	// A probe may time out while knot is still loading its zone or the
+	// machine is busy; three successes must have made it up.
+	if s := backendStatus(t, c, k.addr()); s.State != Up {
+		t.Fatalf("status %+v, want up", s)
 	}
 
 	k.stop()
@@ -214,8 +216,15 @@ func TestDraining(t *testing.T) {
 	if s.State != Draining || !s.Healthy || s.Usable || s.Reason != "drained by the control plane" {
 		t.Fatalf("drained backend %+v", s)
 	}
+	// A draining backend still serves its connections.
+	if v := c.View(); !v.IsServing(a[1]) || v.IsUsable(a[1]) {
+		t.Fatal("a healthy draining backend must be serving, not usable")
+	}
 	// A failing draining backend stays Draining, not Down.
 	setHealth(t, c, a[1], false)
+	if c.View().IsServing(a[1]) {
+		t.Fatal("a failing backend is serving")
+	}
 	if s := backendStatus(t, c, a[1]); s.State != Draining || s.Healthy {
 		t.Fatalf("failing drained backend %+v", s)
 	}
@@ -554,9 +563,10 @@ func TestOnChange(t *testing.T) {
 	setHealth(t, c, a[0], false)
 	setHealth(t, c, a[0], false) // no change: no view
 	_ = c.SetDraining(a[1], true)
-	setHealth(t, c, a[1], false) // hidden by draining: no view
-	if fmt.Sprint(gens) != "[1 2 3]" {
-		t.Fatalf("views %v, want [1 2 3]", gens)
+	setHealth(t, c, a[1], false) // draining: not usable either way, but no longer serving: a view
+	setHealth(t, c, a[1], false) // no change: no view
+	if fmt.Sprint(gens) != "[1 2 3 4]" {
+		t.Fatalf("views %v, want [1 2 3 4]", gens)
 	}
 }
 

@@ -710,7 +710,7 @@ func (s *Shard) process(now core.Time) {
 func (s *Shard) apply(o *core.Output) {
 	switch o.Kind {
 	case core.OutSelectBackend:
-		if b, ok := s.opts.Picker.Pick(o.Cluster, o.Key); ok {
+		if b, ok := s.pick(o); ok {
 			s.follow = append(s.follow, core.Resolved(o.Flow, b))
 		} else {
 			s.follow = append(s.follow, core.ResolveFailed(o.Flow))

@@ -245,7 +245,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			sc := findScenario(name)
 			var these []target.Target
 			for _, tg := range tgs {
-				if sc.applies(tg.Name()) {
+				if sc.applies(tg.Name()) && (!quicOnly(tg.Name()) || sc.name == "quic-bulk") {
 					these = append(these, tg)
 				}
 			}
@@ -343,6 +343,8 @@ func (h *harness) targets() ([]target.Target, []string, error) {
 			tg = target.Dnsdist{Script: filepath.Join(h.o.PeersDir, "start-dnsdist.sh")}
 		case name == "socat":
 			tg = target.Socat{Idle: 2}
+		case quicOnly(name):
+			tg = h.fastudpQUICTarget()
 		case isFastudp(name) && strings.HasSuffix(name, noGSOSuffix):
 			// fastudp[-dns][-N]-nogso: the same target with GRO and GSO
 			// off, to measure both in one interleaved run.
@@ -360,7 +362,7 @@ func (h *harness) targets() ([]target.Target, []string, error) {
 			}
 			tg = f
 		default:
-			return nil, nil, fmt.Errorf("bench: unknown target %q (have fastudp, fastudp-N, fastudp-dns, fastudp-dns-N, each also with -nogso, floor, nginx, dnsdist, socat, direct)", name)
+			return nil, nil, fmt.Errorf("bench: unknown target %q (have fastudp, fastudp-N, fastudp-dns, fastudp-dns-N, each also with -nogso, fastudp-quic, floor, nginx, dnsdist, socat, direct)", name)
 		}
 		if c, ok := tg.(target.Checker); ok {
 			if err := c.Check(); err != nil {

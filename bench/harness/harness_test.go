@@ -263,3 +263,24 @@ func TestReplot(t *testing.T) {
 		t.Error("replotted without results.json")
 	}
 }
+
+// TestFastudpQUICTarget: fastudp-quic runs fastudp with affinity quic and
+// the quic-bulk server's server ID, and only the quic-bulk scenario.
+func TestFastudpQUICTarget(t *testing.T) {
+	o := Options{Targets: []string{"fastudp-quic"}, Bin: "x", Scenarios: []string{"small-pps", "dns-qps"}}
+	if err := o.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{o: o}
+	tgs, _, err := h.targets()
+	if err != nil || len(tgs) != 1 {
+		t.Fatalf("%v, %v", tgs, err)
+	}
+	f := tgs[0].(target.Fastudp)
+	if f.Name() != "fastudp-quic" || f.ServerID != "01" || strings.Join(f.Args, " ") != "--affinity quic --quic-sid-len 1 --quic-nonce-len 8" {
+		t.Fatalf("%+v", f)
+	}
+	if _, err := Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "no scenario applies") {
+		t.Fatalf("fastudp-quic ran a non-QUIC scenario: %v", err)
+	}
+}

@@ -35,8 +35,10 @@ const (
 
 // quicProbe is the targets' readiness probe in front of the QUIC server:
 // its first byte lacks QUIC's fixed bit, so the server's transport hands
-// it to ReadNonQUICPacket, and the server echoes it.
-var quicProbe = []byte{0, 'p', 'r', 'o', 'b', 'e'}
+// it to ReadNonQUICPacket, and the server echoes it. It is long enough for
+// a short header with a QUIC-LB connection ID (fastudp-quic drops shorter
+// ones as malformed).
+var quicProbe = append([]byte{0, 'p', 'r', 'o', 'b', 'e'}, make([]byte, 26)...)
 
 // quicConfig is both ends' config: flow-control windows large enough
 // that a loopback transfer is bound by CPU, not by window updates.
@@ -98,7 +100,14 @@ func startQUICServer() (*quicServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &quicServer{udp: udp, tr: &quic.Transport{Conn: udp}}
+	// QUIC-LB connection IDs, so fastudp-quic routes by server ID;
+	// other targets relay them as any other.
+	gen, err := benchCIDGenerator()
+	if err != nil {
+		udp.Close()
+		return nil, err
+	}
+	s := &quicServer{udp: udp, tr: &quic.Transport{Conn: udp, ConnectionIDGenerator: gen}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.ln, err = s.tr.Listen(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{quicALPN}}, quicConfig())
 	if err != nil {

@@ -28,6 +28,9 @@ type Fastudp struct {
 	// benchmark can read the Go collector's allocation counters.
 	Metrics bool
 	Args    []string // extra flags for `fastudp run`
+	// ServerID, when set, is the backend's QUIC-LB server ID (hex), given as
+	// --backend ADDR,sid=HEX (with --affinity quic --quic-sid-len in Args).
+	ServerID string
 	// TOML, if set, runs fastudp from a config file instead of the
 	// quick-start flags: these top-level keys (such as upstream_sources,
 	// which has no flag), then the listener and a cluster with the one
@@ -72,7 +75,11 @@ func (f Fastudp) Start(backend netip.AddrPort, m Mode) (*Instance, error) {
 		return nil, err
 	}
 	addr := netip.AddrPortFrom(loopback, port)
-	args := []string{"run", "--listen", addr.String(), "--backend", backend.String(),
+	backendArg := backend.String()
+	if f.ServerID != "" {
+		backendArg += ",sid=" + f.ServerID
+	}
+	args := []string{"run", "--listen", addr.String(), "--backend", backendArg,
 		"--responses", strconv.Itoa(m.Responses), "--shards", strconv.Itoa(f.Shards), "--log-level", "warn"}
 	inst := &Instance{Addr: addr}
 	if f.Metrics {

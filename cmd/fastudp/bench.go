@@ -49,7 +49,8 @@ Scenarios (default: all):
 
 Targets: fastudp (1 shard), fastudp-N (N shards), fastudp-dns and
 fastudp-dns-N (fastudp run --mode dns; DNS scenarios only), each also with
--nogso (--gro=false --gso=false, e.g. fastudp-nogso), floor (minimal
+-nogso (--gro=false --gso=false, e.g. fastudp-nogso), fastudp-quic
+(--affinity quic with a QUIC-LB server ID; quic-bulk only), floor (minimal
 recvmmsg/sendmmsg forwarders), nginx, dnsdist, socat, direct (no proxy).
 Peers come from apt (nginx libnginx-mod-stream dnsdist socat knot dnsperf);
 a missing one is skipped with a note, or is an error when CI=true.

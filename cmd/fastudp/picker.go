@@ -57,6 +57,8 @@ type clusterPicker struct {
 	// may live on) with removed set.
 	refs   []backendRef
 	labelV atomic.Pointer[[]shard.BackendLabels]
+	// quic is the QUIC-LB routing of clusters with affinity "quic".
+	quic quicState
 }
 
 // viewSelector ties a selector to the health view it was built for.
@@ -73,6 +75,8 @@ type backendRef struct {
 	weight  int
 	backup  bool
 	removed bool
+	// serverID is the backend's QUIC-LB server ID ("" for none).
+	serverID string
 }
 
 var _ shard.Picker = (*clusterPicker)(nil)
@@ -85,6 +89,7 @@ func newClusterPicker(cfg *config.Config, mon *health.Monitor) (*clusterPicker, 
 		sels:     make([]atomic.Pointer[viewSelector], len(cfg.Clusters)),
 		seed:     cfg.Seed,
 		mon:      mon,
+		quic:     newQUICState(cfg),
 	}
 	flows, queries := balance.LoadFunc(p.liveFlows), balance.LoadFunc(p.dnsInFlight)
 	for ci := range cfg.Clusters {
@@ -98,7 +103,7 @@ func newClusterPicker(cfg *config.Config, mon *health.Monitor) (*clusterPicker, 
 			p.loads = append(p.loads, flows)
 		}
 		for _, b := range cl.Backends {
-			p.refs = append(p.refs, backendRef{cluster: ci, addr: b.Address, name: b.Name, weight: b.Weight, backup: b.Backup})
+			p.refs = append(p.refs, backendRef{cluster: ci, addr: b.Address, name: b.Name, weight: b.Weight, backup: b.Backup, serverID: b.ServerID})
 		}
 	}
 	p.capacity = len(p.refs) + spareBackendIDs
@@ -127,6 +132,7 @@ func (p *clusterPicker) addHealth(ci int, cl *config.Cluster) error {
 		return fmt.Errorf("cluster %q: %w", cl.Name, err)
 	}
 	p.clusters[ci].Store(hc)
+	p.publishQUICLocked(ci)
 	return nil
 }
 
@@ -302,6 +308,7 @@ func (p *clusterPicker) applyLocked(ci int) error {
 	if err := hc.SetTable(t); err != nil {
 		return err
 	}
+	p.publishQUICLocked(ci)
 	p.publishLabels()
 	return nil
 }

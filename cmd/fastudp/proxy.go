@@ -162,6 +162,7 @@ func startProxyWith(ctx context.Context, cfg *config.Config, path string, log *s
 		names[i] = l.Name
 	}
 	p.registry.MustRegister(shard.NewSteeringCollector(g, names))
+	p.registry.MustRegister(newQUICCollector(picker))
 	if cfg.Metrics != "" {
 		ln := t.listener("metrics", cfg.Metrics)
 		if ln == nil {

@@ -92,6 +92,7 @@ func (p *proxy) reloadCluster(ci int, old, nc *config.Cluster, res *reloadResult
 		old.Affinity, old.Responses, old.Requests = nc.Affinity, nc.Responses, nc.Requests
 		old.FrontTimeout, old.BackTimeout, old.Lifetime, old.ProxyProtocol = nc.FrontTimeout, nc.BackTimeout, nc.Lifetime, nc.ProxyProtocol
 		old.MaxAmplification, old.AmplificationAllowance = nc.MaxAmplification, nc.AmplificationAllowance
+		old.QUICLB = nc.QUICLB
 		for li := range p.cfg.Listeners {
 			if p.cfg.Listeners[li].Cluster == old.Name {
 				cc, _ := p.cfg.ListenerCoreConfig(li)
@@ -142,6 +143,11 @@ func (p *proxy) reloadCluster(ci int, old, nc *config.Cluster, res *reloadResult
 			}
 			res.Removed = append(res.Removed, old.Name+" "+r.addr.String())
 		}
+	}
+	if qc, err := p.reloadQUIC(ci, old, nc); err != nil {
+		return err
+	} else if qc {
+		changed = true
 	}
 	old.Backends = append([]config.Backend(nil), nc.Backends...)
 	// Load balancing and health: a new table, or a new health state (the

@@ -38,7 +38,7 @@
 //	abort flow=I#G
 //	timer
 //	invalid                    (an input of no known kind)
-//	cluster [listener=0] [id=N] [affinity=ip|ip-port] [responses=N] [requests=N]
+//	cluster [listener=0] [id=N] [affinity=ip|ip-port|datagram|quic] [responses=N] [requests=N]
 //	        [front=DUR] [back=DUR] [lifetime=DUR] [proxy=off|first|every] [public=ADDR:PORT]
 //	remove-cluster [listener=0]
 //	max-flows N
