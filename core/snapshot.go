@@ -89,6 +89,7 @@ func (m *Manager) AppendState(dst []byte, now Time) []byte {
 		w.uvarint(uint64(id))
 		return true
 	})
+	m.appendAdmission(&w, now)
 
 	// Every slot, in order: its generation and, if live, the flow.
 	w.uvarint(uint64(m.flows.len()))
@@ -111,6 +112,38 @@ func (m *Manager) AppendState(dst []byte, now Time) []byte {
 		w.time(e.at, now)
 	}
 	return w.b
+}
+
+// appendAdmission writes the per-source limiter: its configuration as in
+// force (a ConfigSetAdmission may have changed it) and the tracked sources
+// (only the slots in use, by index).
+func (m *Manager) appendAdmission(w *stateWriter, now Time) {
+	a := &m.sources
+	w.varint(int64(a.cfg.Interval))
+	w.uvarint(uint64(a.cfg.Burst))
+	w.uvarint(uint64(a.cfg.PrefixV4))
+	w.uvarint(uint64(a.cfg.PrefixV6))
+	w.uvarint(uint64(a.cfg.TableSize))
+	w.uvarint(a.evictions)
+	used := 0
+	for i := range a.entries {
+		if a.entries[i] != (sourceEntry{}) {
+			used++
+		}
+	}
+	w.uvarint(uint64(used))
+	for i, e := range a.entries {
+		if e == (sourceEntry{}) {
+			continue
+		}
+		w.uvarint(uint64(i))
+		w.uvarint(e.hi)
+		w.uvarint(e.lo)
+		w.bool(e.tat != 0) // 0: a full bucket, whatever the clock
+		if e.tat != 0 {
+			w.varint(int64(e.tat) - int64(now))
+		}
+	}
 }
 
 func (m *Manager) appendFlow(w *stateWriter, f *flow, now Time) {
@@ -272,6 +305,9 @@ func (m *Manager) restore(r *stateReader, now Time) error {
 		}
 		m.markBackend(BackendID(id), true)
 	}
+	if err := m.restoreAdmission(r, now); err != nil {
+		return fmt.Errorf("admission: %w", err)
+	}
 
 	slots := r.count(maxFlowSlots)
 	if r.err != nil {
@@ -354,6 +390,10 @@ func (m *Manager) restore(r *stateReader, now Time) error {
 	if r.off != len(r.b) {
 		return fmt.Errorf("%d bytes after the state", len(r.b)-r.off)
 	}
+	// Handle leaves the armed deadline at the earliest timer entry.
+	if m.armed != m.timers.min() || m.rearm {
+		return fmt.Errorf("armed %d, earliest timer %d", m.armed, m.timers.min())
+	}
 	for i := range m.versions {
 		if !present[i] {
 			m.versionsFree = append(m.versionsFree, uint32(i))
@@ -362,6 +402,52 @@ func (m *Manager) restore(r *stateReader, now Time) error {
 		}
 	}
 	return nil
+}
+
+func (m *Manager) restoreAdmission(r *stateReader, now Time) error {
+	var c AdmissionConfig
+	c.Interval = time.Duration(r.varint())
+	c.Burst = r.int(math.MaxInt32)
+	c.PrefixV4 = r.int(32)
+	c.PrefixV6 = r.int(128)
+	c.TableSize = r.int(1 << 24)
+	evictions := r.uvarint()
+	if r.err != nil {
+		return r.err
+	}
+	if c.Interval < 0 {
+		return fmt.Errorf("interval %v", c.Interval)
+	}
+	// Written normalized: anything else is not what this build wrote.
+	if c.normalized() != c {
+		return fmt.Errorf("configuration %+v not normalized", c)
+	}
+	m.sources.configure(c, m.cfg.Seed)
+	m.sources.evictions = evictions
+	n := r.count(len(m.sources.entries))
+	last := -1
+	for range n {
+		i := r.int(len(m.sources.entries) - 1)
+		hi, lo := r.uvarint(), r.uvarint()
+		var tat Time
+		if r.bool() {
+			d := r.varint()
+			tat = Time(int64(now) + d)
+			if d > 0 && tat < now || d < 0 && tat > now {
+				return errors.New("time out of range")
+			}
+			tat = max(tat, 1) // long past: a full bucket, still in use
+		}
+		if r.err != nil {
+			return r.err
+		}
+		if i <= last {
+			return fmt.Errorf("entry %d out of order", i)
+		}
+		last = i
+		m.sources.entries[i] = sourceEntry{hi: hi, lo: lo, tat: tat}
+	}
+	return r.err
 }
 
 func (m *Manager) restoreFlow(r *stateReader, idx uint32, now Time, ref func(uint64, string) error) error {
@@ -505,6 +591,12 @@ func (w *stateWriter) cluster(c *ClusterConfig) {
 		w.addr(&a)
 	}
 	w.bool(c.CloseOnBackendDown)
+	w.uvarint(uint64(c.MaxAmplification))
+	w.uvarint(uint64(c.AmplificationAllowance))
+	w.uvarint(uint64(c.QUIC.ConfigID))
+	w.uvarint(uint64(c.QUIC.ServerIDLen))
+	w.uvarint(uint64(c.QUIC.NonceLen))
+	w.bool(c.QUIC.SelfEncodedLength)
 }
 
 // stateReader reads the state's fields; the first error sticks and every
@@ -632,9 +724,18 @@ func (r *stateReader) cluster() ClusterConfig {
 		c.PublicAddr = a.addrPort()
 	}
 	c.CloseOnBackendDown = r.bool()
+	amp, allowance := r.uvarint(), r.uvarint()
+	qid, qsid, qnonce := r.uvarint(), r.uvarint(), r.uvarint()
+	c.QUIC.SelfEncodedLength = r.bool()
 	if r.err != nil {
 		return c
 	}
+	if amp > math.MaxUint32 || allowance > math.MaxUint32 || qid > math.MaxUint8 || qsid > math.MaxUint8 || qnonce > math.MaxUint8 {
+		r.fail("cluster field out of range")
+		return c
+	}
+	c.MaxAmplification, c.AmplificationAllowance = uint32(amp), uint32(allowance)
+	c.QUIC.ConfigID, c.QUIC.ServerIDLen, c.QUIC.NonceLen = uint8(qid), uint8(qsid), uint8(qnonce)
 	if id > math.MaxUint32 || aff > math.MaxUint8 || resp > math.MaxUint32 || req > math.MaxUint32 || pp > math.MaxUint8 {
 		r.fail("cluster field out of range")
 		return c

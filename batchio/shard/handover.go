@@ -413,7 +413,7 @@ func importQueued(q *QueuedDatagram) queued {
 }
 
 // resumeInputs are the config events a resumed shard applies first: the new
-// process's caps, and no draining.
+// process's caps and source limits, and no draining.
 func (s *Shard) resumeInputs() {
 	if s.opts.Resume == nil {
 		return
@@ -426,6 +426,9 @@ func (s *Shard) resumeInputs() {
 		s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigSetMaxRxDatagramSize, Value: cc.MaxRxDatagramSize}))
 	}
 	s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigUndrain}))
+	// The per-source limiter as this process is configured (the sources'
+	// state carries over unless the table's size changes).
+	s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigSetAdmission, Admission: cc.Admission}))
 }
 
 // resumeListeners checks the carried listener sockets against the
