@@ -55,6 +55,7 @@ type UpstreamState struct {
 	Flow     core.FlowID
 	FD       int
 	Backend  core.BackendID
+	Addr     netip.AddrPort // the backend's
 	Listener core.ListenerID
 	GSOOff   bool
 	// Queue holds datagrams waiting for buffer space.
@@ -301,7 +302,7 @@ func (s *Shard) handOver(now core.Time, r *handoverRequest) bool {
 		if u.flow == 0 {
 			continue
 		}
-		us := UpstreamState{Flow: u.flow, FD: u.fd, Backend: u.backend, Listener: u.listener, GSOOff: u.gsoOff}
+		us := UpstreamState{Flow: u.flow, FD: u.fd, Backend: u.backend, Addr: u.addr, Listener: u.listener, GSOOff: u.gsoOff}
 		for _, q := range u.queue {
 			us.Queue = append(us.Queue, exportQueued(&q))
 		}
@@ -370,7 +371,7 @@ func (s *Shard) adopt(st *ShardState) error {
 		if s.opts.RemapBackend != nil {
 			backend = s.opts.RemapBackend(backend)
 		}
-		s.ups[idx] = upstream{fd: u.FD, flow: u.Flow, backend: backend, listener: u.Listener, gsoOff: u.GSOOff || s.opts.NoGSO}
+		s.ups[idx] = upstream{fd: u.FD, flow: u.Flow, backend: backend, addr: u.Addr, listener: u.Listener, gsoOff: u.GSOOff || s.opts.NoGSO}
 		if !s.opts.GRO {
 			// The old process may have had GRO on: runs would not fit
 			// this process's receive buffers.
