@@ -239,6 +239,7 @@ func newHandler(c Controller, log *slog.Logger, token string) *handler {
 	h.route("POST", "/v1/backends/weight", h.weight)
 	h.route("GET", "/v1/flows", h.flows)
 	h.route("POST", "/v1/reload", h.reload)
+	h.route("POST", "/v1/upgrade", h.upgrade)
 	h.mux.HandleFunc("/", h.fallback)
 	return h
 }

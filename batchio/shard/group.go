@@ -52,6 +52,11 @@ type GroupOptions struct {
 	// Steering chooses each listener's shard per datagram (an eBPF
 	// program); the zero value leaves it to the kernel's hash.
 	Steering SteeringOptions
+	// Resume, when set, builds the group from another process's exported
+	// state (see [Group.Pause]): no socket is bound or opened. Shards and
+	// Listeners must match the state. RemapBackend is as in [Options].
+	Resume       *GroupState
+	RemapBackend func(core.BackendID) core.BackendID
 	// upstreamHook is as in [Options] (tests only).
 	upstreamHook func(fd int)
 }
@@ -97,7 +102,7 @@ func NewGroup(o GroupOptions) (*Group, error) {
 		return nil, err
 	}
 	for li, l := range o.Listeners {
-		if g.addrs[li].Port() == 0 {
+		if g.addrs[li].Port() == 0 && o.Resume == nil {
 			p, err := reservePort(g.addrs[li].Addr())
 			if err != nil {
 				return nil, fmt.Errorf("listener %q on %v: %w", l.Name, g.addrs[li], err)
@@ -124,10 +129,23 @@ func NewGroup(o GroupOptions) (*Group, error) {
 		}
 	}
 	o.Listen.GRO = o.GRO
+	if o.Resume != nil {
+		if err := resumeListeners(&o, g.addrs); err != nil {
+			return nil, err
+		}
+	}
 	lfds := make([][]int, len(o.Listeners)) // listener → shard → socket, for steering
 	for si := 0; si < o.Shards; si++ {
 		fds := make([]int, 0, len(o.Listeners))
+		var resume *ShardState
+		if o.Resume != nil {
+			resume = &o.Resume.Shards[si]
+			fds = append(fds, resume.ListenerFDs...)
+		}
 		for li, l := range o.Listeners {
+			if resume != nil {
+				break
+			}
 			lo := o.Listen
 			if l.DNS != nil {
 				// DNS clients send separate queries, which UDP_GRO never
@@ -166,6 +184,8 @@ func NewGroup(o GroupOptions) (*Group, error) {
 			Picker:           o.Picker,
 			Logger:           o.Logger,
 			AccessLog:        o.AccessLog,
+			Resume:           resume,
+			RemapBackend:     o.RemapBackend,
 			FDCeiling:        o.FDCeiling,
 			upstreamHook:     o.upstreamHook,
 		})

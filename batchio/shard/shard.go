@@ -90,6 +90,12 @@ type Options struct {
 	// closed flow.
 	Logger    *slog.Logger
 	AccessLog *slog.Logger
+	// Resume, when set, makes a shard taken over from another process:
+	// its core, upstream sockets and queues come from the state (see
+	// [Group.Pause]) and no socket is opened. RemapBackend, if set,
+	// renames the state's backend IDs to this process's.
+	Resume       *ShardState
+	RemapBackend func(core.BackendID) core.BackendID
 	// FDCeiling, when positive, keeps descriptors FDCeiling and up for the
 	// control plane (metrics, control API, health probes): an upstream
 	// socket that gets one is closed and its flow shed as at the
@@ -166,6 +172,8 @@ type Control struct {
 	// DNS, when set, changes a DNS-mode listener's settings (see
 	// [DNSUpdate]).
 	DNS *DNSUpdate
+	// handover pauses the shard for [Group.Pause].
+	handover *handoverRequest
 }
 
 // DNSUpdate gives DNS-mode listener Listener new settings. The timeout
@@ -265,9 +273,12 @@ func New(opts Options) (*Shard, error) {
 	pool := core.NewSlicePool(4 * opts.BatchSize)
 	cc := opts.Core
 	cc.Pool = pool
-	mgr, err := core.NewManager(cc)
-	if err != nil {
-		return nil, fmt.Errorf("shard %d: %w", opts.Index, err)
+	var mgr *core.Manager
+	if opts.Resume == nil {
+		var err error
+		if mgr, err = core.NewManager(cc); err != nil {
+			return nil, fmt.Errorf("shard %d: %w", opts.Index, err)
+		}
 	}
 	s := &Shard{
 		opts:     opts,
@@ -286,7 +297,12 @@ func New(opts Options) (*Shard, error) {
 		epfd:     -1,
 		wakefd:   -1,
 	}
-	bufSize := mgr.MaxRxDatagramSize() + 1 // one spare byte turns an oversize datagram into a counted drop
+	if opts.Resume != nil {
+		if err := s.resume(cc, opts.Resume); err != nil {
+			return nil, fmt.Errorf("shard %d: resume: %w", opts.Index, err)
+		}
+	}
+	bufSize := max(s.mgr.MaxRxDatagramSize(), cc.MaxRxDatagramSize) + 1 // one spare byte turns an oversize datagram into a counted drop
 	rxBatch := opts.BatchSize
 	if opts.GRO && hasFlowListener(opts.Listeners) { // DNS listeners never read with GRO
 		bufSize = max(bufSize, batchio.GROBufferSize)
@@ -303,6 +319,12 @@ func New(opts Options) (*Shard, error) {
 	if err := s.openPoll(); err != nil {
 		s.closeAll()
 		return nil, fmt.Errorf("shard %d: %w", opts.Index, err)
+	}
+	if opts.Resume != nil {
+		if err := s.adopt(opts.Resume); err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("shard %d: resume: %w", opts.Index, err)
+		}
 	}
 	s.initDNS()
 	return s, nil
@@ -387,7 +409,9 @@ func (s *Shard) Run(ctx context.Context) error {
 			s.log.Warn("cannot pin shard to CPU", "cpu", s.opts.CPU, "err", err)
 		}
 	}
-	s.start = time.Now()
+	if s.start.IsZero() { // a resumed shard's clock started with its core
+		s.start = time.Now()
+	}
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { s.Send(Control{Stop: true}) })
 		defer stop()
@@ -397,6 +421,7 @@ func (s *Shard) Run(ctx context.Context) error {
 		s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigSetCluster, Listener: core.ListenerID(i), Cluster: l.Cluster}))
 		s.oneReply[i] = l.Cluster.Responses == 1
 	}
+	s.resumeInputs()
 	s.process(s.now())
 	for {
 		now := s.now()
@@ -411,7 +436,9 @@ func (s *Shard) Run(ctx context.Context) error {
 			ev := &s.events[i]
 			switch ev.Fd {
 			case tokenWake:
-				s.drainControl(now)
+				if s.drainControl(now) {
+					return nil // handed over: the sockets stay open for the new process
+				}
 			case tokenListener:
 				if ev.Events&unix.EPOLLOUT != 0 {
 					s.flushClientQueue(int(ev.Pad))
@@ -487,7 +514,9 @@ func (s *Shard) waitMillis(now core.Time) int {
 	return int(min(ms, 1<<30))
 }
 
-func (s *Shard) drainControl(now core.Time) {
+// drainControl applies the waiting control messages; it reports whether the
+// shard was handed over to another process and must return at once.
+func (s *Shard) drainControl(now core.Time) bool {
 	var buf [8]byte
 	_, _ = unix.Read(s.wakefd, buf[:]) // resets the eventfd counter; EAGAIN if already read
 	for {
@@ -519,6 +548,9 @@ func (s *Shard) drainControl(now core.Time) {
 				default: // the asker gave no room; it has given up
 				}
 			}
+			if c.handover != nil && s.handOver(now, c.handover) {
+				return true
+			}
 			if c.Stop && !s.stopping {
 				s.stopping = true
 				s.stopAt = now.Add(c.Grace)
@@ -526,7 +558,7 @@ func (s *Shard) drainControl(now core.Time) {
 			}
 		default:
 			s.process(now)
-			return
+			return false
 		}
 	}
 }

@@ -79,6 +79,9 @@ func pinDir(name string) string {
 // or SO_INCOMING_CPU for the CPU policy) and records why; other errors
 // (a bad pin path, pinned maps of another shape) fail the group.
 func (g *Group) startSteering(o GroupOptions, lfds [][]int, cpus []int) error {
+	if o.Resume != nil && len(o.Resume.Steering) > 0 {
+		return g.adoptSteering(o, lfds, cpus)
+	}
 	so := o.Steering
 	g.steering = SteeringStatus{Requested: so.Mode, Key: so.Key, Active: SteeringActiveKernel}
 	if so.Mode == bpf.ModeKernel {

@@ -32,6 +32,7 @@ Commands:
   backend weight CLUSTER ADDR W          set a backend's weight for new flows
   flows [--limit N]                      live flows (default 100, at most 100000)
   reload                                 re-read the config file and apply what can change live
+  upgrade                                start the binary on disk and hand it every socket and flow
 
 ADDR is IP:PORT ("10.0.0.1:53", "[2001:db8::1]:443").
 
@@ -305,6 +306,11 @@ func parseCtlRequest(cmd string, pos []string, o *ctlOptions) (ctlRequest, error
 			return nil, err
 		}
 		return func(ctx context.Context, cl *control.Client) (any, error) { return cl.Reload(ctx) }, nil
+	case "upgrade":
+		if err := nargs(0, 0, "upgrade"); err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, cl *control.Client) (any, error) { return cl.Upgrade(ctx) }, nil
 	}
 	if rest, ok := strings.CutPrefix(cmd, "backend "); ok {
 		return nil, usageError("backend: unknown subcommand %q (want add, remove, drain, undrain or weight)", rest)
@@ -326,6 +332,13 @@ func printCtl(w io.Writer, v any) error {
 		printFlows(tw, v)
 	case control.ReloadResult:
 		printReload(tw, v)
+	case control.UpgradeResult:
+		fmt.Fprintf(tw, "upgraded\tpid %d -> %d\n", v.OldPID, v.NewPID)
+		fmt.Fprintf(tw, "flows handed over\t%d\n", v.Flows)
+		fmt.Fprintf(tw, "paused\t%s\n", v.Paused)
+		if v.DNSQueriesDropped > 0 {
+			fmt.Fprintf(tw, "dns queries in flight, not carried\t%d\n", v.DNSQueriesDropped)
+		}
 	default:
 		return fmt.Errorf("no table for %T", v)
 	}

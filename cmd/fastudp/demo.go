@@ -62,11 +62,14 @@ func demoCommand(args []string, stdout, stderr io.Writer) error {
 		echoes = append(echoes, e)
 		b.Address = e.addr
 	}
-	if !portFree(cfg.Listeners[0].Address) {
-		cfg.Listeners[0].Address = netip.AddrPortFrom(cfg.Listeners[0].Address.Addr(), 0)
-	}
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	// A busy demo port (another demo, a test) is no reason to fail: take any
+	// free one. Port 0 is for the demo only, so it is set after validation,
+	// which refuses it in configuration files.
+	if !portFree(cfg.Listeners[0].Address) {
+		cfg.Listeners[0].Address = netip.AddrPortFrom(cfg.Listeners[0].Address.Addr(), 0)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +26,9 @@ type dnsTCP struct {
 // listener whose cluster keeps dns_tcp on. Backends are chosen by the same
 // picker and affinity key as UDP queries, so a client's TCP retry of a
 // truncated answer reaches the backend that truncated it.
-func startDNSTCP(cfg *config.Config, addrs []netip.AddrPort, picker *clusterPicker, log *slog.Logger) ([]*dnsTCP, error) {
+// With t set, a listener handed over by the process being upgraded is used
+// instead of binding anew.
+func startDNSTCP(cfg *config.Config, addrs []netip.AddrPort, picker *clusterPicker, log *slog.Logger, t *takeover) ([]*dnsTCP, error) {
 	var out []*dnsTCP
 	for i, l := range cfg.Listeners {
 		ci := cfg.ClusterIndex(l.Cluster)
@@ -41,10 +44,17 @@ func startDNSTCP(cfg *config.Config, addrs []netip.AddrPort, picker *clusterPick
 			b, ok := picker.Pick(id, core.AffinityHash(seed, client, affinity))
 			return b.Addr, ok
 		}
-		srv, err := tcpfwd.Listen(addrs[i], pick, tcpfwd.Options{
+		opts := tcpfwd.Options{
 			IdleTimeout: cl.DNS.TCPIdleTimeout,
 			Logger:      log.With("listener", l.Name, "proto", "tcp"),
-		})
+		}
+		var srv *tcpfwd.Server
+		var err error
+		if ln, ok := t.listener("dnstcp/"+l.Name, addrs[i].String()).(*net.TCPListener); ok {
+			srv, err = tcpfwd.Inherit(ln, pick, opts)
+		} else {
+			srv, err = tcpfwd.Listen(addrs[i], pick, opts)
+		}
 		if err != nil {
 			stopDNSTCP(context.Background(), out)
 			return nil, fmt.Errorf("listener %q: dns_tcp: %w (set dns_tcp = false to serve TCP some other way)", l.Name, err)

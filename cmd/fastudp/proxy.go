@@ -49,13 +49,22 @@ type proxy struct {
 	ctlTCP   *control.Server
 	// stopBackground stops the health monitor and the passive reports.
 	stopBackground context.CancelFunc
+	// upg upgrades the process (nil unless started by fastudp run).
+	upg *upgrader
 }
 
 // startProxy binds every listener on every shard and starts them; path is
 // the config file reload reads ("" for quick-start flags). The config
 // must have passed Validate.
 func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.Logger) (*proxy, error) {
-	p := &proxy{cfg: cfg, log: log, cfgPath: path}
+	return startProxyWith(ctx, cfg, path, log, nil, nil)
+}
+
+// startProxyWith is startProxy for a process that can upgrade itself (upg)
+// and, with t set, takes over the sockets and flows of the process that
+// started it (see upgrade.go); t's commit comes just before the shards start.
+func startProxyWith(ctx context.Context, cfg *config.Config, path string, log *slog.Logger, upg *upgrader, t *takeover) (*proxy, error) {
+	p := &proxy{cfg: cfg, log: log, cfgPath: path, upg: upg}
 	healthChanged := make(chan struct{}, 1)
 	p.health = health.NewMonitor(health.Options{
 		Logger: log.With("component", "health"),
@@ -132,6 +141,8 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		GRO:             cfg.GRO,
 		NoGSO:           !cfg.GSO,
 		Steering:        steeringOptions(cfg),
+		Resume:          t.groupState(),
+		RemapBackend:    t.remap(picker),
 		FDCeiling:       shard.FDCeiling(noFileLimit()), // limits.go
 	})
 	if err != nil {
@@ -153,9 +164,11 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 	p.registry.MustRegister(shard.NewSteeringCollector(g, names))
 	p.registry.MustRegister(newQUICCollector(picker))
 	if cfg.Metrics != "" {
-		ln, err := net.Listen("tcp", cfg.Metrics)
-		if err != nil {
-			return fail(fmt.Errorf("metrics listener %s: %w", cfg.Metrics, err))
+		ln := t.listener("metrics", cfg.Metrics)
+		if ln == nil {
+			if ln, err = net.Listen("tcp", cfg.Metrics); err != nil {
+				return fail(fmt.Errorf("metrics listener %s: %w", cfg.Metrics, err))
+			}
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{}))
@@ -175,7 +188,7 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		}()
 	}
 	logSteering(log, g.Steering())
-	p.dnsTCP, err = startDNSTCP(cfg, g.Addrs(), picker, log)
+	p.dnsTCP, err = startDNSTCP(cfg, g.Addrs(), picker, log, t)
 	if err != nil {
 		return fail(err)
 	}
@@ -196,8 +209,10 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		if err := os.MkdirAll(filepath.Dir(cfg.Control), 0o755); err != nil {
 			return fail(fmt.Errorf("control socket directory: %w", err))
 		}
-		srv, err := control.Listen(cfg.Control, &proxyController{p: p, started: time.Now()}, log.With("component", "control"))
-		if err != nil {
+		var srv *control.Server
+		if ln := t.listener("control", cfg.Control); ln != nil {
+			srv = control.ListenInherited(ln, &proxyController{p: p, started: time.Now()}, log.With("component", "control"))
+		} else if srv, err = control.Listen(cfg.Control, &proxyController{p: p, started: time.Now()}, log.With("component", "control")); err != nil {
 			return fail(fmt.Errorf("control socket: %w", err))
 		}
 		p.control = srv
@@ -213,7 +228,12 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		if err != nil {
 			return fail(err)
 		}
-		srv, err := control.ListenTCP(cfg.ControlTCP, token, &proxyController{p: p, started: time.Now()}, log.With("component", "control"))
+		var srv *control.Server
+		if ln := t.listener("control_tcp", cfg.ControlTCP); ln != nil {
+			srv, err = control.ListenTCPInherited(ln, token, &proxyController{p: p, started: time.Now()}, log.With("component", "control"))
+		} else {
+			srv, err = control.ListenTCP(cfg.ControlTCP, token, &proxyController{p: p, started: time.Now()}, log.With("component", "control"))
+		}
 		if err != nil {
 			return fail(fmt.Errorf("control_tcp: %w", err))
 		}
@@ -225,7 +245,14 @@ func startProxy(ctx context.Context, cfg *config.Config, path string, log *slog.
 		}()
 		log.Info("control API", "tcp", srv.Addr().String())
 	}
+	if err := t.commit(); err != nil {
+		return fail(err)
+	}
+	if t != nil && p.control != nil {
+		_ = p.control.AdoptSocketFile(cfg.Control) // gone: nothing to remove at exit
+	}
 	g.Start(ctx)
+	t.started()
 	for i, a := range g.Addrs() {
 		log.Info("listening", "listener", cfg.Listeners[i].Name, "address", a, "cluster", cfg.Listeners[i].Cluster, "shards", shards)
 	}

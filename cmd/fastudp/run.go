@@ -76,9 +76,22 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	hups := make(chan os.Signal, 1)
 	signal.Notify(hups, syscall.SIGHUP)
 	defer signal.Stop(hups)
-	p, err := startProxy(ctx, cfg, path, log)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	// Started by an upgrade: take over the running process's sockets and
+	// flows (see upgrade.go).
+	t, err := takeoverFromEnv(cfg, log)
 	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	p, err := startProxyWith(ctx, cfg, path, log, newUpgrader(), t)
+	if err != nil {
+		t.fail(err)
 		return err
+	}
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("cannot tell the service manager fastudp is ready", "err", err)
 	}
 	var sig os.Signal
 	for sig == nil {
@@ -86,7 +99,13 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		case sig = <-sigs:
 		case <-hups:
 			p.logReload(p.reload())
+		case <-usr2:
+			go func() { _, _ = p.upgrade() }() // logs its outcome
 		}
+	}
+	if p.upg.awaitUpgrade() {
+		log.Info("stop signal after an upgrade: the new process serves on", "signal", sig.String())
+		select {} // exitAfterHandover exits
 	}
 	log.Info("stopping: draining live flows", "signal", sig.String(), "grace", cfg.GracePeriod)
 	go func() {

@@ -115,6 +115,11 @@ func Listen(addr netip.AddrPort, pick Picker, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tcpfwd: listen %v: %w", addr, err)
 	}
+	return newServer(l, pick, o, log), nil
+}
+
+// newServer returns a server on the bound listener l; o has its defaults.
+func newServer(l *net.TCPListener, pick Picker, o Options, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		ln:      l,
@@ -130,7 +135,7 @@ func Listen(addr netip.AddrPort, pick Picker, o Options) (*Server, error) {
 	}
 	s.bufs.New = func() any { return new([frameBufSize]byte) }
 	s.mu.conns = make(map[*proxyConn]struct{})
-	return s, nil
+	return s
 }
 
 // Addr returns the address the server is bound to, with the actual port if
