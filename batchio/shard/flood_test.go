@@ -259,3 +259,59 @@ func TestE2ENewFlowBurstPaced(t *testing.T) {
 		t.Errorf("%d new flows deferred, want %d to %d of a burst of %d", d, burst-2*newFlowBudget, burst, burst)
 	}
 }
+
+// TestPacingResolveAll drives a shard that is not running by hand: a burst
+// of new flows read in one go leaves all but a budget waiting for their
+// upstream, and resolveAllWaiting (what a handover does before exporting
+// the core's state) opens every one of them, so no flow is handed over
+// still waiting for an answer only this process holds.
+func TestPacingResolveAll(t *testing.T) {
+	const burst = 4 * newFlowBudget
+	be := newBackend(t, backendOpts{NoRecord: true})
+	o := oneListener("127.0.0.1:0", core.ClusterConfig{}, fixedPicker{{ID: 0, Addr: be.Addr}})
+	o.Listen = batchio.ListenOptions{RecvBuffer: 4 << 20}
+	g, err := NewGroup(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := g.Shards()[0]
+	t.Cleanup(s.closeAll)
+	sp, err := loadgen.NewSprayer(loadgen.SprayConfig{Target: g.Addrs()[0], Sockets: 2,
+		Sources: loadgen.LoopbackSources(burst), Rate: 1e6, Count: burst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	sp.Start()
+	<-sp.Done()
+	sp.Stop(0)
+
+	// What Run does before its loop, then one wake-up's read.
+	s.start = time.Now()
+	s.oneReply = make([]bool, len(s.opts.Listeners))
+	for i, l := range s.opts.Listeners {
+		s.inputs = append(s.inputs, core.ConfigInput(core.ConfigEvent{Kind: core.ConfigSetCluster, Listener: core.ListenerID(i), Cluster: l.Cluster}))
+	}
+	s.process(s.now())
+	s.readListener(0, s.now())
+	if got := len(s.admit.waiting) - s.admit.head; got != burst-newFlowBudget {
+		t.Fatalf("%d flows waiting after reading a burst of %d, want %d", got, burst, burst-newFlowBudget)
+	}
+	s.resolveAllWaiting(s.now())
+	if s.admit.pending() {
+		t.Fatalf("%d flows still waiting", len(s.admit.waiting)-s.admit.head)
+	}
+	established := 0
+	s.mgr.Flows(func(f core.FlowInfo) bool {
+		if f.Established {
+			established++
+		}
+		return true
+	})
+	if established != burst || s.mgr.FlowCount() != burst {
+		t.Errorf("%d of %d flows established, want all %d", established, s.mgr.FlowCount(), burst)
+	}
+	if s.counters.local[ShardFlowsDeferred] != burst-newFlowBudget {
+		t.Errorf("deferred counter %d, want %d", s.counters.local[ShardFlowsDeferred], burst-newFlowBudget)
+	}
+}

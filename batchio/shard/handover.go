@@ -290,6 +290,8 @@ func (s *Shard) handOver(now core.Time, r *handoverRequest) bool {
 		return false
 	}
 	s.process(now) // inputs already read are handled by this process
+	// No flow is exported still waiting for its upstream (pacing.go).
+	s.resolveAllWaiting(now)
 	st := ShardState{
 		Index:        s.opts.Index,
 		ListenerFDs:  append([]int(nil), s.opts.ListenerFDs...),

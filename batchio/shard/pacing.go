@@ -51,13 +51,20 @@ func (s *Shard) deferResolved(flow core.FlowID, b core.Backend) bool {
 
 // resolveWaiting starts a loop iteration's budget over and resolves up to
 // a budget of waiting flows, in order, through the core.
-func (s *Shard) resolveWaiting(now core.Time) {
+func (s *Shard) resolveWaiting(now core.Time) { s.resolveUpTo(now, newFlowBudget) }
+
+// resolveAllWaiting resolves every waiting flow at once, whatever the
+// budget: a shard handing its flows over to another process must not
+// export flows still waiting for an answer only it holds.
+func (s *Shard) resolveAllWaiting(now core.Time) { s.resolveUpTo(now, len(s.admit.waiting)) }
+
+func (s *Shard) resolveUpTo(now core.Time, limit int) {
 	a := &s.admit
 	a.used = 0
 	if !a.pending() {
 		return
 	}
-	for a.pending() && a.used < newFlowBudget {
+	for a.pending() && a.used < limit {
 		w := a.waiting[a.head]
 		a.head++
 		a.used++
