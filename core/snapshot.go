@@ -613,24 +613,16 @@ func (r *stateReader) fail(what string) {
 	}
 }
 
-func (r *stateReader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b[r.off:])
-	if n <= 0 {
-		r.fail("truncated or overlong number")
-		return 0
-	}
-	r.off += n
-	return v
-}
+func (r *stateReader) uvarint() uint64 { return readNumber(r, binary.Uvarint) }
 
-func (r *stateReader) varint() int64 {
+func (r *stateReader) varint() int64 { return readNumber(r, binary.Varint) }
+
+// readNumber reads one number with decode (binary.Uvarint or binary.Varint).
+func readNumber[T uint64 | int64](r *stateReader, decode func([]byte) (T, int)) T {
 	if r.err != nil {
 		return 0
 	}
-	v, n := binary.Varint(r.b[r.off:])
+	v, n := decode(r.b[r.off:])
 	if n <= 0 {
 		r.fail("truncated or overlong number")
 		return 0
