@@ -93,6 +93,21 @@ func Listen(addr netip.AddrPort, pick Picker, o Options) (*Server, error) {
 	if !addr.IsValid() {
 		return nil, fmt.Errorf("tcpfwd: listen: invalid address %v", addr)
 	}
+	network := "tcp6"
+	if addr.Addr().Unmap().Is4() {
+		network = "tcp4"
+		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	}
+	l, err := net.ListenTCP(network, net.TCPAddrFromAddrPort(addr))
+	if err != nil {
+		return nil, fmt.Errorf("tcpfwd: listen %v: %w", addr, err)
+	}
+	return newServer(l, pick, o), nil
+}
+
+// newServer returns a server on the bound listener l, filling in o's
+// defaults.
+func newServer(l *net.TCPListener, pick Picker, o Options) *Server {
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
@@ -106,20 +121,6 @@ func Listen(addr netip.AddrPort, pick Picker, o Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	network := "tcp6"
-	if addr.Addr().Unmap().Is4() {
-		network = "tcp4"
-		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
-	}
-	l, err := net.ListenTCP(network, net.TCPAddrFromAddrPort(addr))
-	if err != nil {
-		return nil, fmt.Errorf("tcpfwd: listen %v: %w", addr, err)
-	}
-	return newServer(l, pick, o, log), nil
-}
-
-// newServer returns a server on the bound listener l; o has its defaults.
-func newServer(l *net.TCPListener, pick Picker, o Options, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		ln:      l,
