@@ -94,6 +94,20 @@ func equalConfigs(t *testing.T, got, want *Config) {
 	}
 }
 
+// roundTrip checks that c marshals to a file that parses to the same config.
+func roundTrip(t *testing.T, c *Config) {
+	t.Helper()
+	text, err := c.MarshalTOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse(text, "marshalled.toml")
+	if err != nil {
+		t.Fatalf("marshalled config does not parse: %v\n%s", err, text)
+	}
+	equalConfigs(t, back, c)
+}
+
 func TestExample(t *testing.T) {
 	c, err := Load(examplePath)
 	if err != nil {
@@ -145,15 +159,7 @@ func TestRoundTrip(t *testing.T) {
 				c.AccessLog = "/var/log/a \"quoted\"\tname\x01\\é.log"
 				c.Steering, c.SteeringKey, c.SteeringPin = SteeringCPU, SteeringKeyIP, "/sys/fs/bpf/fast udp"
 			}
-			text, err := c.MarshalTOML()
-			if err != nil {
-				t.Fatal(err)
-			}
-			back, err := Parse(text, "marshalled.toml")
-			if err != nil {
-				t.Fatalf("%v\n%s", err, text)
-			}
-			equalConfigs(t, back, c)
+			roundTrip(t, c)
 		})
 	}
 }

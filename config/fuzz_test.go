@@ -35,15 +35,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		text, err := c.MarshalTOML()
-		if err != nil {
-			t.Fatal(err)
-		}
-		back, err := Parse(text, "marshalled.toml")
-		if err != nil {
-			t.Fatalf("marshalled config does not parse: %v\n%s", err, text)
-		}
-		equalConfigs(t, back, c)
+		roundTrip(t, c)
 	})
 }
 
@@ -77,15 +69,7 @@ func FuzzFlags(f *testing.F) {
 			}
 			return
 		}
-		text, err := c.MarshalTOML()
-		if err != nil {
-			t.Fatal(err)
-		}
-		back, err := Parse(text, "marshalled.toml")
-		if err != nil {
-			t.Fatalf("marshalled config does not parse: %v\n%s", err, text)
-		}
-		equalConfigs(t, back, c)
+		roundTrip(t, c)
 	})
 }
 
