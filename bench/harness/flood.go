@@ -103,11 +103,7 @@ var floodCols = []extraCol{{"flood sent/s", "flood_rate", "%.0f", 1}, {"shed/s",
 // measureShed runs one point of the sweep.
 func measureShed(ctx context.Context, h *harness, tg target.Target, rate float64) (Measurement, error) {
 	var m Measurement
-	f, err := fastudpWith(tg, []string{"--max-flows", fmt.Sprint(h.o.FloodMaxFlows)}, "")
-	if err != nil {
-		return m, err
-	}
-	inst, stop, err := startPair(h.echo, f, target.Mode{})
+	inst, stop, err := startFloodTarget(h, tg)
 	if err != nil {
 		return m, err
 	}
@@ -199,9 +195,7 @@ func measureShed(ctx context.Context, h *harness, tg target.Target, rate float64
 	m.Datagrams = uint64(rx + d("fastudp_listener_tx_datagrams_total"))
 	m.Rate = float64(fl.Sent) / m.Window
 	m.Loss = est.Loss()
-	m.P50 = float64(est.RTT.Quantile(0.5)) / 1e3
-	m.P99 = float64(est.RTT.Quantile(0.99)) / 1e3
-	m.P999 = float64(est.RTT.Quantile(0.999)) / 1e3
+	m.setRTT(&est.RTT)
 	fill(&m, inst, s0, s1, m.Datagrams)
 	m.set("flood_rate", float64(fl.Sent)/m.Window)
 	m.set("shed_rate", d("fastudp_flows_shed_total")/m.Window)

@@ -199,6 +199,13 @@ func (m *Measurement) set(k string, v float64) {
 	m.Extra[k] = v
 }
 
+// setRTT sets the round-trip percentiles, in µs, from h.
+func (m *Measurement) setRTT(h *loadgen.Hist) {
+	m.P50 = float64(h.Quantile(0.5)) / 1e3
+	m.P99 = float64(h.Quantile(0.99)) / 1e3
+	m.P999 = float64(h.Quantile(0.999)) / 1e3
+}
+
 // Result is what Run returns.
 type Result struct {
 	Options      Options

@@ -376,9 +376,7 @@ func (h *harness) window(ctx context.Context, inst *target.Instance, cfg loadgen
 		// An upload: the payload is what the client sent in acked runs.
 		m.BytesSec = float64(st.Completed*uint64(r*cfg.Size)) / m.Window
 	}
-	m.P50 = float64(st.RTT.Quantile(0.5)) / 1e3
-	m.P99 = float64(st.RTT.Quantile(0.99)) / 1e3
-	m.P999 = float64(st.RTT.Quantile(0.999)) / 1e3
+	m.setRTT(&st.RTT)
 	fill(&m, inst, s0, s1, m.Datagrams)
 	if cfg.ReplyDatagrams > 1 || cfg.RequestDatagrams > 1 {
 		fillBulk(&m, s0, s1)
@@ -545,13 +543,19 @@ func measureManyFlows(ctx context.Context, h *harness, tg target.Target) (Measur
 	return m, nil
 }
 
-func measureFlood(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
-	var m Measurement
+// startFloodTarget starts fastudp with --max-flows at the flood cap in front
+// of an echo backend.
+func startFloodTarget(h *harness, tg target.Target) (*target.Instance, func(), error) {
 	f, err := fastudpWith(tg, []string{"--max-flows", fmt.Sprint(h.o.FloodMaxFlows)}, "")
 	if err != nil {
-		return m, err
+		return nil, nil, err
 	}
-	inst, stop, err := startPair(h.echo, f, target.Mode{})
+	return startPair(h.echo, f, target.Mode{})
+}
+
+func measureFlood(ctx context.Context, h *harness, tg target.Target) (Measurement, error) {
+	var m Measurement
+	inst, stop, err := startFloodTarget(h, tg)
 	if err != nil {
 		return m, err
 	}
@@ -597,9 +601,7 @@ func measureFlood(ctx context.Context, h *harness, tg target.Target) (Measuremen
 	m.Datagrams = est.Sent + est.Received + fl.Sent + fl.Received
 	m.Rate = float64(fl.Sent) / m.Window
 	m.Loss = est.Loss()
-	m.P50 = float64(est.RTT.Quantile(0.5)) / 1e3
-	m.P99 = float64(est.RTT.Quantile(0.99)) / 1e3
-	m.P999 = float64(est.RTT.Quantile(0.999)) / 1e3
+	m.setRTT(&est.RTT)
 	fill(&m, inst, s0, s1, m.Datagrams)
 	d := func(k string) float64 { return s1.metrics[k] - s0.metrics[k] }
 	m.set("flood_sent", float64(fl.Sent))
