@@ -501,9 +501,7 @@ func (g *Group) adoptSteering(o GroupOptions, lfds [][]int, cpus []int) error {
 			}
 			return fmt.Errorf("listener %q: steering: %w", o.Listeners[li].Name, err)
 		}
-		g.steerMu.Lock()
-		g.progs = append(g.progs, s)
-		g.steerMu.Unlock()
+		g.addSteering(s)
 	}
 	g.steering.Active = so.Mode.String()
 	return nil

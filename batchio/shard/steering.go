@@ -106,9 +106,7 @@ func (g *Group) startSteering(o GroupOptions, lfds [][]int, cpus []int) error {
 			}
 			return fmt.Errorf("listener %q: steering: %w", o.Listeners[li].Name, err)
 		}
-		g.steerMu.Lock()
-		g.progs = append(g.progs, s)
-		g.steerMu.Unlock()
+		g.addSteering(s)
 	}
 	g.steering.Active = so.Mode.String()
 	return nil
@@ -138,6 +136,13 @@ func (g *Group) fallBack(mode bpf.Mode, lfds [][]int, pinned []int, why error) {
 		}
 	}
 	g.steering.Active = SteeringActiveIncomingCPU
+}
+
+// addSteering records an attached program (closed by closeSteering).
+func (g *Group) addSteering(s *bpf.Steering) {
+	g.steerMu.Lock()
+	g.progs = append(g.progs, s)
+	g.steerMu.Unlock()
 }
 
 func (g *Group) closeSteering() {
