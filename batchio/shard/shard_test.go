@@ -22,22 +22,7 @@ func (p fixedPicker) Pick(_ core.ClusterID, key uint64) (core.Backend, bool) {
 // echoBackend answers every datagram with "<name>:" + payload.
 func echoBackend(t *testing.T, name string) netip.AddrPort {
 	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = c.WriteToUDPAddrPort(append([]byte(name+":"), buf[:n]...), from)
-		}
-	}()
-	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+	return echoAt(t, "127.0.0.1:0", name)
 }
 
 func TestGroupForwardAndReturn(t *testing.T) {
