@@ -39,7 +39,6 @@ func namedEcho(t *testing.T, name string) netip.AddrPort {
 // steadyFlow is one client socket sending a numbered datagram every period
 // and recording which backend answered each.
 type steadyFlow struct {
-	conn     *net.UDPConn
 	mu       sync.Mutex
 	backends map[string]int
 	sent     int
@@ -49,15 +48,48 @@ type steadyFlow struct {
 func startSteadyFlows(t *testing.T, front netip.AddrPort, n int, period time.Duration) ([]*steadyFlow, func()) {
 	t.Helper()
 	flows := make([]*steadyFlow, n)
+	for i := range flows {
+		flows[i] = &steadyFlow{backends: map[string]int{}}
+	}
+	stop := clientFlows(t, front, n, period, 0, 500*time.Millisecond,
+		func(i, seq int, c *net.UDPConn) {
+			f := flows[i]
+			f.mu.Lock()
+			f.sent++
+			f.mu.Unlock()
+			_, _ = c.Write([]byte(fmt.Sprintf("seq %d", seq)))
+		},
+		func(i int, reply []byte) {
+			f := flows[i]
+			name, _, _ := strings.Cut(string(reply), ":")
+			f.mu.Lock()
+			f.backends[name]++
+			f.answered++
+			f.mu.Unlock()
+		})
+	return flows, stop
+}
+
+// clientFlows dials n client sockets to front (with a receive buffer of
+// rcvbuf bytes unless 0). On socket i a writer calls write(i, seq, conn)
+// every period, seq counting from 0, and a reader hands every reply to
+// read(i, reply). The returned stop ends the writers, waits drain for the
+// last replies, closes the sockets and waits for the goroutines.
+func clientFlows(t *testing.T, front netip.AddrPort, n int, period time.Duration, rcvbuf int, drain time.Duration,
+	write func(i, seq int, c *net.UDPConn), read func(i int, reply []byte)) func() {
+	t.Helper()
+	conns := make([]*net.UDPConn, n)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for i := range flows {
+	for i := range conns {
 		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(front))
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := &steadyFlow{conn: c, backends: map[string]int{}}
-		flows[i] = f
+		if rcvbuf > 0 {
+			_ = c.SetReadBuffer(rcvbuf)
+		}
+		conns[i] = c
 		wg.Add(2)
 		go func() { // reader
 			defer wg.Done()
@@ -67,11 +99,7 @@ func startSteadyFlows(t *testing.T, front netip.AddrPort, n int, period time.Dur
 				if err != nil {
 					return
 				}
-				name, _, _ := strings.Cut(string(buf[:n]), ":")
-				f.mu.Lock()
-				f.backends[name]++
-				f.answered++
-				f.mu.Unlock()
+				read(i, buf[:n])
 			}
 		}()
 		go func() { // writer
@@ -84,18 +112,15 @@ func startSteadyFlows(t *testing.T, front netip.AddrPort, n int, period time.Dur
 					return
 				case <-tick.C:
 				}
-				f.mu.Lock()
-				f.sent++
-				f.mu.Unlock()
-				_, _ = c.Write([]byte(fmt.Sprintf("seq %d", seq)))
+				write(i, seq, c)
 			}
 		}()
 	}
-	return flows, func() {
+	return func() {
 		close(stop)
-		time.Sleep(500 * time.Millisecond) // the last answers
-		for _, f := range flows {
-			f.conn.Close()
+		time.Sleep(drain) // the last replies
+		for _, c := range conns {
+			c.Close()
 		}
 		wg.Wait()
 	}

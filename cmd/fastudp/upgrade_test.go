@@ -61,7 +61,6 @@ func newSourceEcho(t *testing.T) *sourceEcho {
 // recording which sequence numbers came back.
 type loadFlow struct {
 	name string
-	conn *net.UDPConn
 	mu   sync.Mutex
 	sent int
 	got  map[int]bool
@@ -72,59 +71,28 @@ type loadFlow struct {
 func startLoad(t *testing.T, front netip.AddrPort, prefix string, n int, period time.Duration) ([]*loadFlow, func()) {
 	t.Helper()
 	flows := make([]*loadFlow, n)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
 	for i := range flows {
-		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(front))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = c.SetReadBuffer(1 << 20)
-		f := &loadFlow{name: fmt.Sprintf("%s%d", prefix, i), conn: c, got: map[int]bool{}}
-		flows[i] = f
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 256)
-			for {
-				n, err := c.Read(buf)
-				if err != nil {
-					return
-				}
-				name, seq, _ := strings.Cut(string(buf[:n]), " ")
-				if v, err := strconv.Atoi(seq); err == nil && name == f.name {
-					f.mu.Lock()
-					f.got[v] = true
-					f.mu.Unlock()
-				}
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			tick := time.NewTicker(period)
-			defer tick.Stop()
-			for seq := 0; ; seq++ {
-				select {
-				case <-done:
-					return
-				case <-tick.C:
-				}
-				if _, err := fmt.Fprintf(c, "%s %d", f.name, seq); err == nil {
-					f.mu.Lock()
-					f.sent = seq + 1
-					f.mu.Unlock()
-				}
-			}
-		}()
+		flows[i] = &loadFlow{name: fmt.Sprintf("%s%d", prefix, i), got: map[int]bool{}}
 	}
-	return flows, func() {
-		close(done)
-		time.Sleep(time.Second) // the last replies
-		for _, f := range flows {
-			f.conn.Close()
-		}
-		wg.Wait()
-	}
+	stop := clientFlows(t, front, n, period, 1<<20, time.Second,
+		func(i, seq int, c *net.UDPConn) {
+			f := flows[i]
+			if _, err := fmt.Fprintf(c, "%s %d", f.name, seq); err == nil {
+				f.mu.Lock()
+				f.sent = seq + 1
+				f.mu.Unlock()
+			}
+		},
+		func(i int, reply []byte) {
+			f := flows[i]
+			name, seq, _ := strings.Cut(string(reply), " ")
+			if v, err := strconv.Atoi(seq); err == nil && name == f.name {
+				f.mu.Lock()
+				f.got[v] = true
+				f.mu.Unlock()
+			}
+		})
+	return flows, stop
 }
 
 // upgradeProc is a `fastudp run` whose pid changes with each upgrade.
