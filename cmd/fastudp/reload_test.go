@@ -18,11 +18,22 @@ import (
 // namedEcho answers every datagram with "<name>:" + payload.
 func namedEcho(t *testing.T, name string) netip.AddrPort {
 	t.Helper()
+	return udpResponder(t, 0, func(b []byte, _ netip.AddrPort) []byte { return append([]byte(name+":"), b...) })
+}
+
+// udpResponder listens on a free 127.0.0.1 port (with a receive buffer of
+// rcvbuf bytes unless 0) and answers every datagram with what reply returns
+// for it, until the test ends.
+func udpResponder(t *testing.T, rcvbuf int, reply func(b []byte, from netip.AddrPort) []byte) netip.AddrPort {
+	t.Helper()
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	if rcvbuf > 0 {
+		_ = c.SetReadBuffer(rcvbuf)
+	}
 	go func() {
 		buf := make([]byte, 2048)
 		for {
@@ -30,7 +41,7 @@ func namedEcho(t *testing.T, name string) netip.AddrPort {
 			if err != nil {
 				return
 			}
-			_, _ = c.WriteToUDPAddrPort(append([]byte(name+":"), buf[:n]...), from)
+			_, _ = c.WriteToUDPAddrPort(reply(buf[:n], from), from)
 		}
 	}()
 	return c.LocalAddr().(*net.UDPAddr).AddrPort()

@@ -30,30 +30,17 @@ type sourceEcho struct {
 
 func newSourceEcho(t *testing.T) *sourceEcho {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetReadBuffer(4 << 20)
-	e := &sourceEcho{addr: c.LocalAddr().(*net.UDPAddr).AddrPort(), srcs: map[string]map[netip.AddrPort]int{}}
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			flow, _, _ := strings.Cut(string(buf[:n]), " ")
-			e.mu.Lock()
-			if e.srcs[flow] == nil {
-				e.srcs[flow] = map[netip.AddrPort]int{}
-			}
-			e.srcs[flow][from]++
-			e.mu.Unlock()
-			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+	e := &sourceEcho{srcs: map[string]map[netip.AddrPort]int{}}
+	e.addr = udpResponder(t, 4<<20, func(b []byte, from netip.AddrPort) []byte {
+		flow, _, _ := strings.Cut(string(b), " ")
+		e.mu.Lock()
+		if e.srcs[flow] == nil {
+			e.srcs[flow] = map[netip.AddrPort]int{}
 		}
-	}()
+		e.srcs[flow][from]++
+		e.mu.Unlock()
+		return b
+	})
 	return e
 }
 
