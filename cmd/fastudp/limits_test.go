@@ -141,20 +141,9 @@ func TestRunUnderLowNoFileLimit(t *testing.T) {
 	metrics := freeUDPPort(t)
 	cmd := exec.Command("prlimit", "--nofile=128:128", fastudpBin, "run", "--listen", front, "--backend", backend.String(),
 		"--shards", "1", "--max-flows", "1000", "--metrics", metrics, "--log-level", "warn")
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill() // graceful stops are tested elsewhere; this one would wait out the grace period
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("stderr:\n%s", &stderr)
-		}
-	})
+	stderr := startKilledAtEnd(t, cmd)
 	live := dialUDP(t, front)
-	roundTrip(t, live, "live-before", &stderr)
+	roundTrip(t, live, "live-before", stderr)
 	if s := stderr.String(); !strings.Contains(s, "open-file limit (RLIMIT_NOFILE) below") ||
 		!strings.Contains(s, `found="128 (hard limit 128)"`) || !strings.Contains(s, "needed=1259") {
 		t.Fatalf("no start-up warning about the open-file limit:\n%s", s)
@@ -166,7 +155,7 @@ func TestRunUnderLowNoFileLimit(t *testing.T) {
 	for i, c := range clients {
 		_, _ = c.Write([]byte("x"))
 		if i%25 == 0 {
-			roundTrip(t, live, fmt.Sprint("live-", i), &stderr)
+			roundTrip(t, live, fmt.Sprint("live-", i), stderr)
 		}
 	}
 	url := "http://" + metrics + "/metrics"
@@ -182,7 +171,7 @@ func TestRunUnderLowNoFileLimit(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	roundTrip(t, live, "live-after", &stderr)
+	roundTrip(t, live, "live-after", stderr)
 	if n := strings.Count(stderr.String(), "kind=fd_limit"); n != 1 {
 		t.Errorf("%d fd_limit log lines, want 1 (rate-limited)", n)
 	}
@@ -236,16 +225,8 @@ func TestMetricsListenerServesNoControl(t *testing.T) {
 			if pprof {
 				cmd.Env = append(cmd.Env, "FASTUDP_PPROF=1")
 			}
-			var stderr lockedBuffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				_ = cmd.Process.Kill()
-				_ = cmd.Wait()
-			})
-			roundTrip(t, dialUDP(t, front), "up", &stderr)
+			stderr := startKilledAtEnd(t, cmd)
+			roundTrip(t, dialUDP(t, front), "up", stderr)
 			if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 {
 				t.Fatalf("control socket: %v, mode %v; want 0600", err, st.Mode().Perm())
 			}

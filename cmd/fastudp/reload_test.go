@@ -163,6 +163,26 @@ func startFromFile(t *testing.T, file string) (*exec.Cmd, *lockedBuffer) {
 	return cmd, &stderr
 }
 
+// startKilledAtEnd starts cmd with its stderr captured; cleanup kills it
+// (graceful stops are tested elsewhere; this would wait out the grace period)
+// and logs its stderr if the test failed.
+func startKilledAtEnd(t *testing.T, cmd *exec.Cmd) *lockedBuffer {
+	t.Helper()
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("stderr:\n%s", stderr)
+		}
+	})
+	return stderr
+}
+
 // lockedBuffer is a bytes.Buffer safe for a writer goroutine (the child's
 // stderr copier) and a reader.
 type lockedBuffer struct {

@@ -118,28 +118,17 @@ func TestUnitCapabilitiesSuffice(t *testing.T) {
 	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
 		"--inh-caps="+strings.Join(caps, ","), "--ambient-caps="+strings.Join(caps, ","),
 		bin, "run", "--listen", front, "--backend", backend.String(), "--shards", "2", "--steering", "hash")
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("stderr:\n%s", &stderr)
-		}
-	})
-	roundTrip(t, dialUDP(t, front), "unprivileged", &stderr)
+	stderr := startKilledAtEnd(t, cmd)
+	roundTrip(t, dialUDP(t, front), "unprivileged", stderr)
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(stderr.String(), "active=hash") {
 		if time.Now().After(deadline) {
-			t.Fatalf("steering did not start with the unit's capabilities %v:\n%s", caps, &stderr)
+			t.Fatalf("steering did not start with the unit's capabilities %v:\n%s", caps, stderr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	if strings.Contains(stderr.String(), "no permission") {
-		t.Errorf("a permission warning with the unit's capabilities:\n%s", &stderr)
+		t.Errorf("a permission warning with the unit's capabilities:\n%s", stderr)
 	}
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
 	if err == nil && !strings.Contains(string(st), "Uid:\t65534") {
