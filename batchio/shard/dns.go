@@ -62,6 +62,10 @@ type dnsState struct {
 	seed     uint64       // question hash key, secret per shard
 	seq      uint64       // queries under AffinityDatagram, mixed into their keys
 	deadline core.Time    // when the next outstanding query may expire
+	// limit is the per-source limit (source_flow_rate) on queries: each
+	// query is one new flow of its source. Configured from the shard's
+	// core.Config.Admission and by ConfigSetAdmission (dns_limit.go).
+	limit core.SourceLimiter
 	// inUse[backend*MaxDNSSockets+index] is the published count of IDs in
 	// use on that socket plus one, for the metrics; 0 when the socket is
 	// not open.
@@ -96,6 +100,7 @@ func (s *Shard) initDNS() {
 		d.rx = newMessages(s.opts.BatchSize, s.mgr.MaxRxDatagramSize()+1)
 	}
 	d.seed = randomUint64()
+	s.configureDNSLimit(s.opts.Core.Admission)
 	d.backends = make([]dnsBackend, s.opts.Backends)
 	d.inUse = make([]atomic.Int64, s.opts.Backends*MaxDNSSockets)
 }
@@ -168,6 +173,10 @@ func (s *Shard) dnsQuery(li int, client netip.AddrPort, local netip.Addr, msg []
 	q, err := dns.ParseQuestion(msg)
 	if err != nil {
 		s.counters.addListener(lid, ListenerDNSMalformed, 1)
+		return
+	}
+	if !s.dns.limit.Allow(now, client) {
+		s.counters.addListener(lid, ListenerDropBase+int(core.DropRateLimited), 1)
 		return
 	}
 	lst := &s.opts.Listeners[li]

@@ -18,7 +18,7 @@ type DNSCollector struct {
 	backends  func() []BackendLabels
 	dnsLst    []bool // listeners in DNS mode
 
-	queries, malformed, noBackend, stopping              *prometheus.Desc
+	queries, malformed, noBackend, stopping, rateLimited *prometheus.Desc
 	sent, answers, timeouts, released, mismatched        *prometheus.Desc
 	unknown, badReply, truncated, shed, inUse, latencies *prometheus.Desc
 }
@@ -36,27 +36,28 @@ func NewDNSCollector(shards []*Shard, listeners []ListenerLabels, backends func(
 	}
 	return &DNSCollector{
 		shards: shards, listeners: listeners, backends: backends, dnsLst: dnsListeners,
-		queries:    d("queries_total", "DNS queries received from clients.", ll),
-		malformed:  d("malformed_queries_total", "Datagrams dropped because they are not a DNS query with one well-formed question.", ll),
-		noBackend:  d("no_backend_total", "Queries dropped because no backend was usable.", ll),
-		stopping:   d("stopping_drops_total", "Queries dropped while the proxy drained to stop.", ll),
-		sent:       d("backend_queries_total", "Queries sent to the backend.", bl),
-		answers:    d("answers_total", "Answers matched to their query by ID and question and returned to the client.", bl),
-		timeouts:   d("timeouts_total", "Queries unanswered within dns_timeout (their ID freed).", bl),
-		released:   d("send_failures_total", "Queries whose send to the backend failed (their ID freed at once).", bl),
-		mismatched: d("mismatched_replies_total", "Replies dropped: the ID was outstanding but the question differed (forged or confused).", bl),
-		unknown:    d("unknown_replies_total", "Replies dropped: no query with that ID was outstanding (late, duplicate or forged).", bl),
-		badReply:   d("malformed_replies_total", "Replies dropped: not a DNS response with one question, or longer than max_rx_datagram_size.", bl),
-		truncated:  d("truncated_answers_total", "Answers with TC set, passed on (the client retries over TCP).", bl),
-		shed:       d("shed_total", "Queries dropped because every upstream socket of the backend had dns_max_inflight queries outstanding.", bl),
-		inUse:      d("ids_in_use", "Query IDs outstanding on one shared upstream socket.", append(bl, "shard", "socket")),
-		latencies:  d("answer_latency_seconds", "Time from a query's send to its answer's arrival.", bl),
+		queries:     d("queries_total", "DNS queries received from clients.", ll),
+		malformed:   d("malformed_queries_total", "Datagrams dropped because they are not a DNS query with one well-formed question.", ll),
+		noBackend:   d("no_backend_total", "Queries dropped because no backend was usable.", ll),
+		stopping:    d("stopping_drops_total", "Queries dropped while the proxy drained to stop.", ll),
+		rateLimited: d("rate_limited_total", "Queries dropped because their source was over source_flow_rate (also in fastudp_drops_total{reason=\"rate_limited\"}).", ll),
+		sent:        d("backend_queries_total", "Queries sent to the backend.", bl),
+		answers:     d("answers_total", "Answers matched to their query by ID and question and returned to the client.", bl),
+		timeouts:    d("timeouts_total", "Queries unanswered within dns_timeout (their ID freed).", bl),
+		released:    d("send_failures_total", "Queries whose send to the backend failed (their ID freed at once).", bl),
+		mismatched:  d("mismatched_replies_total", "Replies dropped: the ID was outstanding but the question differed (forged or confused).", bl),
+		unknown:     d("unknown_replies_total", "Replies dropped: no query with that ID was outstanding (late, duplicate or forged).", bl),
+		badReply:    d("malformed_replies_total", "Replies dropped: not a DNS response with one question, or longer than max_rx_datagram_size.", bl),
+		truncated:   d("truncated_answers_total", "Answers with TC set, passed on (the client retries over TCP).", bl),
+		shed:        d("shed_total", "Queries dropped because every upstream socket of the backend had dns_max_inflight queries outstanding.", bl),
+		inUse:       d("ids_in_use", "Query IDs outstanding on one shared upstream socket.", append(bl, "shard", "socket")),
+		latencies:   d("answer_latency_seconds", "Time from a query's send to its answer's arrival.", bl),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *DNSCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.queries, c.malformed, c.noBackend, c.stopping, c.sent, c.answers,
+	for _, d := range []*prometheus.Desc{c.queries, c.malformed, c.noBackend, c.stopping, c.rateLimited, c.sent, c.answers,
 		c.timeouts, c.released, c.mismatched, c.unknown, c.badReply, c.truncated, c.shed, c.inUse, c.latencies} {
 		ch <- d
 	}
@@ -82,6 +83,7 @@ func (c *DNSCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.malformed, sum(ListenerDNSMalformed), lab.Listener, lab.Cluster)
 		counter(c.noBackend, sum(ListenerDNSNoBackend), lab.Listener, lab.Cluster)
 		counter(c.stopping, sum(ListenerDNSStopping), lab.Listener, lab.Cluster)
+		counter(c.rateLimited, sum(ListenerDropBase+int(core.DropRateLimited)), lab.Listener, lab.Cluster)
 	}
 	for bi, lab := range c.backends() {
 		if !lab.DNS {

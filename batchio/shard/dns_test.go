@@ -494,15 +494,18 @@ func rawResponder(t *testing.T) (netip.AddrPort, func()) {
 
 // TestDNSModeAllocatesNothing: queries and answers through a live DNS-mode
 // shard, client and backend on allocation-free raw sockets, measured by
-// testing.AllocsPerRun over the whole process: the query and answer paths
-// allocate nothing.
+// testing.AllocsPerRun over the whole process: the query and answer paths,
+// per-source limit check included, allocate nothing.
 func TestDNSModeAllocatesNothing(t *testing.T) {
 	if raceEnabled() {
 		t.Skip("the race detector allocates")
 	}
 	backend, stop := rawResponder(t)
 	defer stop()
-	g := dnsGroup(t, backend, DNSListener{Sockets: 1, MaxInFlight: 100, Timeout: 5 * time.Second})
+	// The per-source limit is on, generous enough to admit every query:
+	// its check runs on every query and allocates nothing either.
+	g := dnsLimitGroup(t, backend, DNSListener{Sockets: 1, MaxInFlight: 100, Timeout: 5 * time.Second},
+		core.AdmissionConfig{Interval: time.Nanosecond, Burst: 1000})
 	fd, err := batchio.DialUpstream(netip.AddrPort{}, g.addr(), batchio.DialOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -535,5 +538,8 @@ func TestDNSModeAllocatesNothing(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(2000, roundTrip); allocs > 0.01 {
 		t.Fatalf("%.3f allocations per query round trip", allocs)
+	}
+	if !g.Shards()[0].dns.limit.On() {
+		t.Fatal("the per-source limit was not on")
 	}
 }

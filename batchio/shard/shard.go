@@ -525,6 +525,7 @@ func (s *Shard) drainControl(now core.Time) bool {
 			s.counters.addShard(ShardControl, 1)
 			if c.Config != nil {
 				s.inputs = append(s.inputs, core.ConfigInput(*c.Config))
+				s.dnsConfigEvent(c.Config)
 				if ev := c.Config; ev.Kind == core.ConfigSetCluster && int(ev.Listener) < len(s.oneReply) {
 					s.oneReply[ev.Listener] = ev.Cluster.Responses == 1
 					s.opts.Listeners[ev.Listener].Cluster = ev.Cluster // DNS mode reads the affinity here
