@@ -28,8 +28,12 @@ type Codec struct {
 	scratch sync.Pool
 }
 
-// NewCodec returns the Codec of cfg, which must be valid.
+// NewCodec returns the Codec of cfg, which must be valid or the zero Config
+// (no QUIC-LB configuration: no server IDs, see [Config.Classify]).
 func NewCodec(cfg Config) (*Codec, error) {
+	if cfg == (Config{}) {
+		return &Codec{}, nil
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -68,7 +72,7 @@ func (c *Codec) Encode(dst, serverID, nonce []byte, random byte) (int, error) {
 // bytes) when the configuration has a key, or pointing into cid when it has
 // none. It allocates nothing.
 func (c *Codec) ServerID(cid, dst []byte) ([]byte, bool) {
-	if !c.cfg.ownID(cid) {
+	if c.cfg.ServerIDLen == 0 || !c.cfg.ownID(cid) {
 		return nil, false
 	}
 	sidLen := int(c.cfg.ServerIDLen)

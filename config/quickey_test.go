@@ -1,0 +1,47 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestQUICLBKey checks quic_lb's key: 32 hex digits (optional 0x) make an
+// encrypted configuration; a wrong length, non-hex digits or a non-string
+// are errors that name the key but never repeat its value.
+func TestQUICLBKey(t *testing.T) {
+	base := "[[listener]]\nname = \"q\"\naddress = \"127.0.0.1:443\"\ncluster = \"q\"\n[[cluster]]\nname = \"q\"\naffinity = \"quic\"\nbackend = [{ address = \"127.0.0.1:4434\" }]\n"
+	c, err := Parse([]byte(base+"quic_lb = { server_id_len = 2, key = \"0x000102030405060708090a0b0c0d0e0f\" }\n"), "k.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := c.Clusters[0].QUICLB
+	if !q.Encrypted || q.Key[1] != 1 || q.Key[15] != 15 {
+		t.Fatalf("key not read: encrypted %v", q.Encrypted)
+	}
+	if cc := c.Clusters[0].CoreConfig(0); cc.QUIC.Encrypted || cc.QUIC.Key != [16]byte{} {
+		t.Fatal("the core got the key")
+	}
+	out, err := c.MarshalTOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse(out, "out.toml")
+	if err != nil || back.Clusters[0].QUICLB != q {
+		t.Fatalf("MarshalTOML round trip: %v", err)
+	}
+	for _, tc := range []struct{ key, want string }{
+		{`"0001020304050607deadbeefcafe0e"`, "want 32 hexadecimal digits"},
+		{`"000102030405060708090a0b0c0d0e0fff"`, "want 32 hexadecimal digits"},
+		{`"000102030405060708090a0b0c0dzzzz"`, "hexadecimal digits only"},
+		{`12`, "want a string of 32 hexadecimal digits"},
+	} {
+		_, err := Parse([]byte(base+"quic_lb = { server_id_len = 2, key = "+tc.key+" }\n"), "k.toml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "key") {
+			t.Errorf("key %s: %v, want %q", tc.key, err, tc.want)
+			continue
+		}
+		if strings.Contains(err.Error(), "deadbeef") || strings.Contains(err.Error(), "0a0b0c0d") {
+			t.Errorf("key %s: the error repeats the key: %v", tc.key, err)
+		}
+	}
+}
