@@ -152,6 +152,9 @@ func (p *proxy) reloadQUIC(ci int, old, nc *config.Cluster) (bool, error) {
 	// The contract of new flows (affinity, quic_lb) was applied to old
 	// already; the picker follows it.
 	changed := p.picker.setQUIC(ci, nc.Affinity == core.AffinityQUIC, nc.QUICLB)
+	// The key is not in the core's config, so a reload that only changes it
+	// was not applied with the contract; the running config records it.
+	old.QUICLB = nc.QUICLB
 	_, refs := p.picker.backendsOf(ci)
 	for _, b := range nc.Backends {
 		for _, r := range refs {

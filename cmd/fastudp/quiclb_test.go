@@ -791,4 +791,30 @@ func TestQUICLBReload(t *testing.T) {
 	if p.cfg.Clusters[0].QUICLB != lb {
 		t.Fatalf("running quic_lb %+v, want %+v", p.cfg.Clusters[0].QUICLB, lb)
 	}
+	// A reload that only adds a key: encrypted IDs route, plaintext ones
+	// fall back, and the running config has the key.
+	next.Clusters[0].QUICLB = quicTestEncrypted(lb)
+	write(next)
+	if res, err := p.reload(); err != nil || !slices.Contains(res.Clusters, "q") {
+		t.Fatalf("reload with a key: %+v, %v", res, err)
+	}
+	enc := next.Clusters[0].QUICLB
+	codec, err := quiclb.NewCodec(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cid [quiclb.MaxCIDLen]byte
+	n, err := codec.Encode(cid[:], []byte{0x0c, 0x03}, make([]byte, enc.NonceLen), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := p.picker.PickPayload(0, 1, append([]byte{0x40}, cid[:n]...)); b.Addr != other.addr {
+		t.Fatalf("the encrypted server ID routes to %v, want %v", b, other.addr)
+	}
+	if b, _ := p.picker.PickPayload(0, 1, short(lb, []byte{0x0c, 0x03})); b != fallback {
+		t.Fatalf("a plaintext ID under a key routes to %v, want the fallback %v", b, fallback)
+	}
+	if p.cfg.Clusters[0].QUICLB != enc {
+		t.Fatalf("running quic_lb %v, want %v", p.cfg.Clusters[0].QUICLB, enc)
+	}
 }
