@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -43,5 +44,37 @@ func TestQUICLBKey(t *testing.T) {
 		if strings.Contains(err.Error(), "deadbeef") || strings.Contains(err.Error(), "0a0b0c0d") {
 			t.Errorf("key %s: the error repeats the key: %v", tc.key, err)
 		}
+	}
+}
+
+// TestFlagsQUICKeyFile: --quic-key-file reads quic_lb's key from a file; a
+// missing file or bad contents are errors naming the flag that do not show
+// the contents.
+func TestFlagsQUICKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	good, bad := dir+"/good.key", dir+"/bad.key"
+	if err := os.WriteFile(good, []byte("8f95f09245765f80256934e50c66207f\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("8f95f09245765f80deadbeef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := func(file string) []string {
+		return []string{"--listen", "127.0.0.1:443", "--affinity", "quic", "--quic-sid-len", "2", "--quic-key-file", file, "--backend", "10.0.0.1:443,sid=0a01"}
+	}
+	c, err := parseFlags(t, args(good)...).Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := c.Clusters[0].QUICLB; !q.Encrypted || q.Key[0] != 0x8f || q.Key[15] != 0x7f {
+		t.Fatalf("key not read from the file: %v", q)
+	}
+	_, err = parseFlags(t, args(bad)...).Config()
+	if err == nil || !strings.Contains(err.Error(), "--quic-key-file") || !strings.Contains(err.Error(), "32 hexadecimal digits") || strings.Contains(err.Error(), "deadbeef") {
+		t.Fatalf("bad key file: %v", err)
+	}
+	_, err = parseFlags(t, args(dir+"/missing.key")...).Config()
+	if err == nil || !strings.Contains(err.Error(), "--quic-key-file") {
+		t.Fatalf("missing key file: %v", err)
 	}
 }
