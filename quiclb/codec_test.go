@@ -223,3 +223,32 @@ func BenchmarkCodecServerID(b *testing.B) {
 		}
 	}
 }
+
+// TestCodecConcurrent decodes and encodes from several goroutines at once
+// (the shards share a cluster's Codec): every result is right (run with
+// -race).
+func TestCodecConcurrent(t *testing.T) {
+	cfg := Config{ServerIDLen: 3, NonceLen: 6, Encrypted: true, Key: key16(t, "8f95f09245765f80256934e50c66207f")}
+	k, _ := NewCodec(cfg)
+	errs := make(chan error, 4)
+	for g := range 4 {
+		go func() {
+			sid := []byte{byte(g), 2, 3}
+			for i := range 2000 {
+				var cid [MaxCIDLen]byte
+				n, err := k.Encode(cid[:], sid, []byte{byte(i), byte(i >> 8), 0, 0, 0, byte(g)}, 0)
+				var buf [MaxServerIDLen]byte
+				if got, ok := k.ServerID(cid[:n], buf[:]); err != nil || !ok || !bytes.Equal(got, sid) {
+					errs <- fmt.Errorf("goroutine %d: %x decodes to %x %v (%v)", g, cid[:n], got, ok, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
