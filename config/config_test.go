@@ -74,7 +74,8 @@ func exampleConfig() Config {
 				FrontTimeout: 30 * time.Second, BackTimeout: 30 * time.Second, Lifetime: 24 * time.Hour,
 				ProxyProtocol: core.ProxyFirst, MaxAmplification: 10, AmplificationAllowance: 2048,
 				DNS: DefaultDNS(), FailOpen: true, Health: DefaultHealth(),
-				QUICLB: quiclb.Config{ServerIDLen: 2, NonceLen: 8},
+				QUICLB: quiclb.Config{ServerIDLen: 2, NonceLen: 8, Encrypted: true,
+					Key: [16]byte{0x8f, 0x95, 0xf0, 0x92, 0x45, 0x76, 0x5f, 0x80, 0x25, 0x69, 0x34, 0xe5, 0x0c, 0x66, 0x20, 0x7f}},
 				Backends: []Backend{
 					{Address: netip.MustParseAddrPort("[::1]:4434"), Weight: 100, ServerID: "\x0a\x01"},
 					{Name: "quic-b", Address: netip.MustParseAddrPort("127.0.0.1:4435"), Weight: 50, Backup: true, ServerID: "\x0a\x02"},

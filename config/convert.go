@@ -54,7 +54,7 @@ func (cl *Cluster) CoreConfig(id core.ClusterID) core.ClusterConfig {
 		// DNS mode's queries bypass the flows: the guard is for udp mode.
 		MaxAmplification:       cl.MaxAmplification,
 		AmplificationAllowance: uint32(cl.AmplificationAllowance),
-		QUIC:                   cl.QUICLB,
+		QUIC:                   cl.QUICLB.Layout(), // the core parses; the shell decrypts
 	}
 }
 

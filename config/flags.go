@@ -2,6 +2,8 @@ package config
 
 import (
 	"flag"
+	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -49,6 +51,7 @@ type Flags struct {
 	HealthSend    string   // --health-send PAYLOAD
 	QUICSIDLen    string   // --quic-sid-len N: quic_lb.server_id_len
 	QUICNonceLen  string   // --quic-nonce-len N: quic_lb.nonce_len
+	QUICKeyFile   string   // --quic-key-file PATH: quic_lb.key, read from a file
 }
 
 // Register defines the quick-start flags on fs, storing into f.
@@ -85,6 +88,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.HealthDNSName, "health-dns-name", "", "dns health probe: query `NAME` (type A, NOERROR expected)")
 	fs.StringVar(&f.HealthSend, "health-send", "", "udp health probe: send `PAYLOAD`; any reply counts as up")
 	fs.StringVar(&f.QUICSIDLen, "quic-sid-len", "", "affinity quic: QUIC-LB server IDs of `N` bytes, given as --backend ADDR,sid=HEX (config_id 0)")
+	fs.StringVar(&f.QUICKeyFile, "quic-key-file", "", "affinity quic: encrypt QUIC-LB IDs with the 16-byte key in the file at `PATH` (32 hex digits; a file, so the secret is not on the command line)")
 	fs.StringVar(&f.QUICNonceLen, "quic-nonce-len", "", "affinity quic: QUIC-LB nonces of `N` bytes (default 8, or 19 - the server ID length when smaller)")
 	fs.BoolFunc("gso", "send a run of equal-size datagrams with one UDP_SEGMENT (GSO) send; --gso=false sends them one by one (default on)", func(s string) error {
 		f.GSO = s
@@ -104,6 +108,9 @@ type flagSpec struct {
 	int   bool // the key wants an integer
 	bool  bool // the key wants true or false
 }
+
+// fileFlag is the flag whose value names a file holding the key's value.
+const fileFlag = "quic-key-file"
 
 var flagSpecs = []flagSpec{
 	{"listen", []string{"listener", "listener[0]"}, func(f *Flags) string { return f.Listen }, false, false},
@@ -135,6 +142,7 @@ var flagSpecs = []flagSpec{
 	{name: "health-send", paths: []string{"cluster[0].health.send"}, get: func(f *Flags) string { return f.HealthSend }},
 	{name: "quic-sid-len", paths: []string{"cluster[0].quic_lb.server_id_len"}, get: func(f *Flags) string { return f.QUICSIDLen }, int: true},
 	{name: "quic-nonce-len", paths: []string{"cluster[0].quic_lb.nonce_len"}, get: func(f *Flags) string { return f.QUICNonceLen }, int: true},
+	{name: "quic-key-file", paths: []string{"cluster[0].quic_lb.key"}, get: func(f *Flags) string { return f.QUICKeyFile }},
 }
 
 // Given returns the quick-start flags that were given, as "--name", so the
@@ -186,6 +194,13 @@ func (f *Flags) Config() (*Config, error) {
 			// A config file is UTF-8 (TOML); a flag value must be too.
 			return nil, &Error{Flag: "--" + s.name, Msg: strconv.Quote(s.get(f)) + " is not valid UTF-8"}
 		}
+		if s.name == fileFlag {
+			data, err := readSmallFile(s.get(f))
+			if err != nil {
+				return nil, &Error{Flag: "--" + s.name, Msg: err.Error()}
+			}
+			val = data // never echoed: it is a secret
+		}
 		if s.int {
 			n, err := strconv.ParseInt(s.get(f), 10, 64)
 			if err != nil {
@@ -231,4 +246,18 @@ func (f *Flags) Config() (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// readSmallFile reads a regular file of at most 4 KiB (a key file): a
+// device or a FIFO is refused rather than read without end.
+func readSmallFile(path string) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if !st.Mode().IsRegular() || st.Size() > 4096 {
+		return "", fmt.Errorf("%s: want a regular file of at most 4096 bytes", path)
+	}
+	data, err := os.ReadFile(path)
+	return string(data), err
 }

@@ -99,6 +99,9 @@ func (c *Config) MarshalTOML() ([]byte, error) {
 			w("server_id_len", int(q.ServerIDLen))
 			w("nonce_len", int(q.NonceLen))
 			w("self_encoded_length", q.SelfEncodedLength)
+			if q.Encrypted {
+				w("key", hex.EncodeToString(q.Key[:])) // the config file holds the secret anyway
+			}
 		}
 		h := &cl.Health
 		b.WriteString("\n  [cluster.health]\n")

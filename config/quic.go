@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/fastudp/fastudp/core"
@@ -25,6 +26,37 @@ var quicLBFields = []field[quiclb.Config]{
 	{"server_id_len", func(v value, c *quiclb.Config) { v.uint8(&c.ServerIDLen, quiclb.MaxServerIDLen) }},
 	{"nonce_len", func(v value, c *quiclb.Config) { v.uint8(&c.NonceLen, quiclb.MaxIDLen) }},
 	{"self_encoded_length", func(v value, c *quiclb.Config) { v.bool(&c.SelfEncodedLength) }},
+	{"key", func(v value, c *quiclb.Config) { v.quicKey(c) }},
+}
+
+// quicKey decodes quic_lb's key: 32 hexadecimal digits (16 bytes, AES-128),
+// with optional "0x". Errors never repeat the value: it is a secret.
+func (v value) quicKey(c *quiclb.Config) {
+	s, ok := v.raw.(string)
+	if !ok {
+		v.fail("want a string of %d hexadecimal digits", 2*quiclb.KeyLen)
+		return
+	}
+	k, err := parseQUICKey(s)
+	if err != nil {
+		v.fail("%v", err)
+		return
+	}
+	c.Key, c.Encrypted = k, true
+}
+
+// parseQUICKey parses a QUIC-LB key: 32 hexadecimal digits, optional "0x"
+// and surrounding white space (a key file's final newline).
+func parseQUICKey(s string) ([quiclb.KeyLen]byte, error) {
+	var k [quiclb.KeyLen]byte
+	s = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(s), "0x"), "0X")
+	if len(s) != 2*quiclb.KeyLen {
+		return k, fmt.Errorf("want %d hexadecimal digits (a %d-byte AES-128 key), got %d characters", 2*quiclb.KeyLen, quiclb.KeyLen, len(s))
+	}
+	if _, err := hex.Decode(k[:], []byte(s)); err != nil {
+		return k, errors.New("want hexadecimal digits only")
+	}
+	return k, nil
 }
 
 // uint8 decodes an integer in 0..hi.

@@ -3,6 +3,7 @@ package quiclb
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 )
 
 // Limits of a plaintext QUIC-LB configuration.
@@ -53,7 +54,38 @@ type Config struct {
 	// so servers may use different nonce lengths (NonceLen is then the
 	// length this server's IDs use).
 	SelfEncodedLength bool
+	// Encrypted says the server ID and nonce are encrypted with Key
+	// (AES-128-ECB, single-pass or four-pass as the draft describes), so
+	// observers cannot read the server ID. Encrypted IDs are encoded and
+	// decoded by a [Codec].
+	Encrypted bool
+	// Key is the cluster's secret 16-byte key, used when Encrypted. The
+	// String, GoString and LogValue methods of Config never show it.
+	Key [KeyLen]byte
 }
+
+// Layout returns c without its key: the connection ID's shape (first octet,
+// lengths), which is all that parsing packets needs.
+func (c Config) Layout() Config {
+	c.Encrypted, c.Key = false, [KeyLen]byte{}
+	return c
+}
+
+// String describes c, with the key redacted.
+func (c Config) String() string {
+	key := "none"
+	if c.Encrypted {
+		key = "redacted"
+	}
+	return fmt.Sprintf("{config_id %d, server_id_len %d, nonce_len %d, self_encoded_length %t, key %s}",
+		c.ConfigID, c.ServerIDLen, c.NonceLen, c.SelfEncodedLength, key)
+}
+
+// GoString is String, so that %#v does not print the key either.
+func (c Config) GoString() string { return "quiclb.Config" + c.String() }
+
+// LogValue implements slog.LogValuer: c without its key.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // Validate reports the first invalid field of c.
 func (c *Config) Validate() error {
@@ -66,6 +98,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("quiclb: nonce_len %d: want at least %d", c.NonceLen, MinNonceLen)
 	case int(c.ServerIDLen)+int(c.NonceLen) > MaxIDLen:
 		return fmt.Errorf("quiclb: server_id_len %d + nonce_len %d: want at most %d", c.ServerIDLen, c.NonceLen, MaxIDLen)
+	case !c.Encrypted && c.Key != [KeyLen]byte{}:
+		return errors.New("quiclb: a key without Encrypted")
 	}
 	return nil
 }
@@ -78,7 +112,16 @@ func (c *Config) CIDLen() int { return 1 + int(c.ServerIDLen) + int(c.NonceLen) 
 // carrying serverID (ServerIDLen bytes) and nonce (NonceLen bytes); random
 // supplies the first octet's low 5 bits when the length is not self-encoded.
 // It returns the ID's length.
+// An encrypted configuration fails: its IDs are encoded by a [Codec].
 func (c *Config) Encode(dst, serverID, nonce []byte, random byte) (int, error) {
+	if c.Encrypted {
+		return 0, errEncrypted
+	}
+	return c.encodePlain(dst, serverID, nonce, random)
+}
+
+// encodePlain is Encode without encryption.
+func (c *Config) encodePlain(dst, serverID, nonce []byte, random byte) (int, error) {
 	n := c.CIDLen()
 	switch {
 	case len(serverID) != int(c.ServerIDLen):
@@ -102,19 +145,33 @@ func (c *Config) Encode(dst, serverID, nonce []byte, random byte) (int, error) {
 // another config rotation ID (or 7, unroutable), or the wrong length. With
 // SelfEncodedLength the length is the one the first octet gives, and any
 // nonce of at least [MinNonceLen] bytes is accepted (servers may differ in
-// nonce length); otherwise the ID must be [Config.CIDLen] bytes.
+// nonce length); otherwise the ID must be [Config.CIDLen] bytes. An
+// encrypted configuration returns false: its IDs are decoded by a [Codec].
 func (c *Config) ServerID(cid []byte) ([]byte, bool) {
-	if len(cid) == 0 || cid[0]>>5 != c.ConfigID {
-		return nil, false
-	}
-	if c.SelfEncodedLength {
-		if int(cid[0]&0x1f)+1 != len(cid) || len(cid) < 1+int(c.ServerIDLen)+MinNonceLen {
-			return nil, false
-		}
-	} else if len(cid) != c.CIDLen() {
+	if c.Encrypted || !c.ownID(cid) {
 		return nil, false
 	}
 	return cid[1 : 1+int(c.ServerIDLen)], true
+}
+
+// ownID reports whether cid is an ID of c (config rotation ID and length).
+func (c *Config) ownID(cid []byte) bool {
+	if len(cid) == 0 || cid[0]>>5 != c.ConfigID {
+		return false
+	}
+	if c.SelfEncodedLength {
+		return int(cid[0]&0x1f)+1 == len(cid) && len(cid) >= 1+int(c.ServerIDLen)+MinNonceLen
+	}
+	return len(cid) == c.CIDLen()
+}
+
+// serverID reads cid's server ID with k (into sid) or, without k, as
+// plaintext.
+func (c *Config) serverID(cid []byte, k *Codec, sid []byte) ([]byte, bool) {
+	if k != nil {
+		return k.ServerID(cid, sid)
+	}
+	return c.ServerID(cid)
 }
 
 // ShortDCID returns the destination connection ID of the short-header packet
@@ -170,8 +227,15 @@ func (r Route) String() string {
 // Classify says how to route pkt, the first datagram of a new flow, under c:
 // by the server ID it returns, by a hash of the long header's DCID (also
 // returned), or by the fallback. The zero Config (no QUIC-LB configuration)
-// routes every short header by the fallback. It allocates nothing.
+// routes every short header by the fallback. An encrypted configuration
+// routes by the fallback where a [Codec] would decrypt a server ID. It
+// allocates nothing.
 func (c *Config) Classify(pkt []byte) (Route, []byte) {
+	return c.classify(pkt, nil, nil)
+}
+
+// classify is Classify, reading server IDs with k when it is not nil.
+func (c *Config) classify(pkt []byte, k *Codec, sidBuf []byte) (Route, []byte) {
 	h, err := ParseHeader(pkt)
 	if err != nil {
 		return RouteMalformed, nil
@@ -186,7 +250,7 @@ func (c *Config) Classify(pkt []byte) (Route, []byte) {
 		if h.ClientChosenDCID() {
 			return RouteCIDHash, h.DCID
 		}
-		if sid, ok := c.ServerID(h.DCID); ok {
+		if sid, ok := c.serverID(h.DCID, k, sidBuf); ok {
 			return RouteServerID, sid
 		}
 		return RouteFallback, nil
@@ -198,7 +262,7 @@ func (c *Config) Classify(pkt []byte) (Route, []byte) {
 	case err != nil:
 		return RouteFallback, nil
 	}
-	if sid, ok := c.ServerID(dcid); ok {
+	if sid, ok := c.serverID(dcid, k, sidBuf); ok {
 		return RouteServerID, sid
 	}
 	return RouteFallback, nil

@@ -17,12 +17,16 @@
 //   - [Config.Encode] builds a connection ID (first octet, server ID, nonce)
 //     and [Config.ServerID] reads the server ID back.
 //
-// Only the draft's plaintext (unencrypted) connection IDs are supported: the
-// server ID is visible to observers, so connections through one server can be
-// told apart from those through another (the nonce still keeps two IDs of one
-// connection unlinkable to anyone who does not know the config). The
-// encrypted modes need a shared key, which the configuration has no place for.
+// Without a key, connection IDs are plaintext: the server ID is visible to
+// observers, so connections through one server can be told apart from those
+// through another. With a 16-byte key (Config.Encrypted, Config.Key), the
+// server ID and nonce are encrypted as the draft specifies: one AES-128-ECB
+// block when they are 16 bytes together, else the draft's four-pass
+// Feistel-like construction over AES-128-ECB. A [Codec], built once per
+// configuration by [NewCodec], encodes and decodes both kinds without
+// allocating; [Config.Encode] and [Config.ServerID] handle plaintext IDs only.
+// The draft's test vectors are in this package's tests.
 //
-// Servers use [Config.Encode] through a connection ID generator (for
+// Servers use [Codec.Encode] through a connection ID generator (for
 // quic-go, package quiclb/quicgo); fastudp's QUIC selector uses the rest.
 package quiclb

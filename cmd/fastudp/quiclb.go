@@ -18,7 +18,7 @@ import (
 // immutable; the registry publishes a new one with every change of the
 // cluster's backends or configuration.
 type quicRoutes struct {
-	cfg   quiclb.Config
+	codec *quiclb.Codec             // decodes (and decrypts) the configuration's IDs
 	addrs map[string]netip.AddrPort // server ID (raw bytes) -> backend address
 }
 
@@ -67,7 +67,8 @@ func (p *clusterPicker) PickPayload(cluster core.ClusterID, key uint64, payload 
 		return p.Pick(cluster, key)
 	}
 	c := &p.quic.counters[cluster]
-	route, sid := r.cfg.Classify(payload)
+	var buf [quiclb.MaxServerIDLen]byte // a decrypted server ID
+	route, sid := r.codec.Classify(payload, buf[:])
 	switch route {
 	case quiclb.RouteServerID:
 		if b, ok := p.byServerID(cluster, r, sid); ok {
@@ -111,7 +112,13 @@ func (p *clusterPicker) publishQUICLocked(ci int) {
 		p.quic.routes[ci].Store(nil)
 		return
 	}
-	r := &quicRoutes{cfg: p.quic.cfg[ci], addrs: make(map[string]netip.AddrPort)}
+	codec, err := quiclb.NewCodec(p.quic.cfg[ci])
+	if err != nil {
+		// An invalid quic_lb table (config validation rejects one): read no
+		// server IDs, as without a table.
+		codec, _ = quiclb.NewCodec(quiclb.Config{})
+	}
+	r := &quicRoutes{codec: codec, addrs: make(map[string]netip.AddrPort)}
 	for _, ref := range p.refs {
 		if ref.cluster == ci && !ref.removed && ref.serverID != "" {
 			r.addrs[ref.serverID] = ref.addr
@@ -145,6 +152,9 @@ func (p *proxy) reloadQUIC(ci int, old, nc *config.Cluster) (bool, error) {
 	// The contract of new flows (affinity, quic_lb) was applied to old
 	// already; the picker follows it.
 	changed := p.picker.setQUIC(ci, nc.Affinity == core.AffinityQUIC, nc.QUICLB)
+	// The key is not in the core's config, so a reload that only changes it
+	// was not applied with the contract; the running config records it.
+	old.QUICLB = nc.QUICLB
 	_, refs := p.picker.backendsOf(ci)
 	for _, b := range nc.Backends {
 		for _, r := range refs {

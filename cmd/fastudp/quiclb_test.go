@@ -166,8 +166,12 @@ func quicTestConfig(t *testing.T, front, affinity string, servers []*quicTestSer
 		if servers[0].lb != (quiclb.Config{}) {
 			lb = servers[0].lb
 		}
-		fmt.Fprintf(&b, "quic_lb = { config_id = %d, server_id_len = %d, nonce_len = %d, self_encoded_length = %v }\n",
-			lb.ConfigID, lb.ServerIDLen, lb.NonceLen, lb.SelfEncodedLength)
+		key := ""
+		if lb.Encrypted {
+			key = fmt.Sprintf(", key = \"%x\"", lb.Key)
+		}
+		fmt.Fprintf(&b, "quic_lb = { config_id = %d, server_id_len = %d, nonce_len = %d, self_encoded_length = %v%s }\n",
+			lb.ConfigID, lb.ServerIDLen, lb.NonceLen, lb.SelfEncodedLength, key)
 	}
 	for _, s := range servers {
 		fmt.Fprintf(&b, "  [[cluster.backend]]\n  name = %q\n  address = %q\n", s.name, s.addr)
@@ -390,8 +394,9 @@ func migrationRun(t *testing.T, p *proxy, front netip.AddrPort, servers []*quicT
 // would send to the other server. Every migration validates and every
 // download completes on the server it started on: the new flow was routed
 // by the server ID in the connection ID. The counters show it. It runs with
-// plaintext IDs, and with self-encoded lengths, another config rotation ID
-// and a 3-byte server ID.
+// plaintext IDs, with self-encoded lengths, another config rotation ID and a
+// 3-byte server ID, and with encrypted IDs (a key in quic_lb and in the
+// servers' generators): four-pass (2 + 6 bytes) and single-pass (3 + 13).
 func TestQUICLBMigration(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -400,6 +405,8 @@ func TestQUICLBMigration(t *testing.T) {
 	}{
 		{"plain", quicTestLB, []byte{0x0a, 0x01}, []byte{0x0b, 0x02}},
 		{"self-encoded", quiclb.Config{ConfigID: 5, ServerIDLen: 3, NonceLen: 8, SelfEncodedLength: true}, []byte{1, 2, 3}, []byte{4, 5, 6}},
+		{"encrypted-four-pass", quicTestEncrypted(quicTestLB), []byte{0x0a, 0x01}, []byte{0x0b, 0x02}},
+		{"encrypted-single-pass", quicTestEncrypted(quiclb.Config{ConfigID: 2, ServerIDLen: 3, NonceLen: 13, SelfEncodedLength: true}), []byte{1, 2, 3}, []byte{4, 5, 6}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			servers := []*quicTestServer{startQUICTestServerLB(t, "a", tc.sa, tc.lb), startQUICTestServerLB(t, "b", tc.sb, tc.lb)}
@@ -418,6 +425,60 @@ func TestQUICLBMigration(t *testing.T) {
 				t.Errorf("routed by server ID %d, by CID hash %d; want at least %d each", c.serverID.Load(), c.cidHash.Load(), clients)
 			}
 		})
+	}
+}
+
+// quicTestEncrypted returns lb with a key.
+func quicTestEncrypted(lb quiclb.Config) quiclb.Config {
+	lb.Encrypted = true
+	lb.Key = [quiclb.KeyLen]byte{0x8f, 0x95, 0xf0, 0x92, 0x45, 0x76, 0x5f, 0x80, 0x25, 0x69, 0x34, 0xe5, 0x0c, 0x66, 0x20, 0x7f}
+	return lb
+}
+
+// TestQUICLBPickPayloadEncrypted: with a key, the selector decrypts server
+// IDs: an ID encrypted with the cluster's key goes to its backend, the same
+// server ID in plaintext or under another key falls back to lb, and
+// decoding allocates nothing.
+func TestQUICLBPickPayloadEncrypted(t *testing.T) {
+	lb := quicTestEncrypted(quicTestLB)
+	servers := []*quicTestServer{{name: "a", sid: []byte{0x0a, 0x01}, addr: netip.MustParseAddrPort("127.0.0.1:1001"), lb: lb},
+		{name: "b", sid: []byte{0x0b, 0x02}, addr: netip.MustParseAddrPort("127.0.0.1:1002"), lb: lb}}
+	p := startTestProxy(t, quicTestConfig(t, freeUDPPort(t), "quic", servers))
+	defer p.stop(0)
+	wrong := lb
+	wrong.Key[0] ^= 0xff
+	short := func(cfg quiclb.Config, sid []byte, nonce byte) []byte {
+		k, err := quiclb.NewCodec(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cid [quiclb.MaxCIDLen]byte
+		n, err := k.Encode(cid[:], sid, []byte{nonce, 2, 3, 4, 5, 6}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append([]byte{0x40}, cid[:n]...)
+	}
+	for key := range uint64(16) {
+		fb, _ := p.picker.Pick(0, key)
+		for _, s := range servers {
+			if b, ok := p.picker.PickPayload(0, key, short(lb, s.sid, byte(key))); !ok || b.Addr != s.addr {
+				t.Fatalf("server ID %x: %v %v, want %v", s.sid, b, ok, s.addr)
+			}
+			for _, pl := range [][]byte{short(wrong, s.sid, byte(key)), short(quicTestLB, s.sid, byte(key))} {
+				if b, ok := p.picker.PickPayload(0, key, pl); !ok || b != fb {
+					t.Fatalf("%x: %v, want the fallback %v", pl, b, fb)
+				}
+			}
+		}
+	}
+	c := &p.picker.quic.counters[0]
+	if c.serverID.Load() != 32 || c.fallback.Load() != 64 {
+		t.Fatalf("counters: server_id %d, fallback %d", c.serverID.Load(), c.fallback.Load())
+	}
+	pl := short(lb, servers[1].sid, 9)
+	if n := testing.AllocsPerRun(100, func() { p.picker.PickPayload(0, 9, pl) }); n != 0 {
+		t.Fatalf("PickPayload: %v allocations", n)
 	}
 }
 
@@ -729,5 +790,31 @@ func TestQUICLBReload(t *testing.T) {
 	}
 	if p.cfg.Clusters[0].QUICLB != lb {
 		t.Fatalf("running quic_lb %+v, want %+v", p.cfg.Clusters[0].QUICLB, lb)
+	}
+	// A reload that only adds a key: encrypted IDs route, plaintext ones
+	// fall back, and the running config has the key.
+	next.Clusters[0].QUICLB = quicTestEncrypted(lb)
+	write(next)
+	if res, err := p.reload(); err != nil || !slices.Contains(res.Clusters, "q") {
+		t.Fatalf("reload with a key: %+v, %v", res, err)
+	}
+	enc := next.Clusters[0].QUICLB
+	codec, err := quiclb.NewCodec(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cid [quiclb.MaxCIDLen]byte
+	n, err := codec.Encode(cid[:], []byte{0x0c, 0x03}, make([]byte, enc.NonceLen), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := p.picker.PickPayload(0, 1, append([]byte{0x40}, cid[:n]...)); b.Addr != other.addr {
+		t.Fatalf("the encrypted server ID routes to %v, want %v", b, other.addr)
+	}
+	if b, _ := p.picker.PickPayload(0, 1, short(lb, []byte{0x0c, 0x03})); b != fallback {
+		t.Fatalf("a plaintext ID under a key routes to %v, want the fallback %v", b, fallback)
+	}
+	if p.cfg.Clusters[0].QUICLB != enc {
+		t.Fatalf("running quic_lb %v, want %v", p.cfg.Clusters[0].QUICLB, enc)
 	}
 }

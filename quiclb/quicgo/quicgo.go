@@ -10,6 +10,9 @@
 //	gen, err := quicgo.New(quiclb.Config{ServerIDLen: 2, NonceLen: 8}, []byte{0x0a, 0x01})
 //	tr := &quic.Transport{Conn: udpConn, ConnectionIDGenerator: gen}
 //	ln, err := tr.Listen(tlsConf, quicConf)
+//
+// When the cluster's quic_lb table has a key, set the Config's Encrypted and
+// Key too: the generator then encrypts its IDs.
 package quicgo
 
 import (
@@ -21,11 +24,13 @@ import (
 	"github.com/fastudp/fastudp/quiclb"
 )
 
-// Generator is a quic.ConnectionIDGenerator issuing plaintext QUIC-LB
-// connection IDs: the configuration's first octet, the server ID and a
-// random nonce (crypto/rand), and, without a self-encoded length, random low
-// bits in the first octet. It is safe for concurrent use.
+// Generator is a quic.ConnectionIDGenerator issuing QUIC-LB connection IDs:
+// the configuration's first octet, the server ID and a random nonce
+// (crypto/rand), encrypted when the configuration has a key (Encrypted,
+// Key), and, without a self-encoded length, random low bits in the first
+// octet. It is safe for concurrent use.
 type Generator struct {
+	codec    *quiclb.Codec
 	cfg      quiclb.Config
 	serverID []byte
 }
@@ -40,7 +45,11 @@ func New(cfg quiclb.Config, serverID []byte) (*Generator, error) {
 	if len(serverID) != int(cfg.ServerIDLen) {
 		return nil, fmt.Errorf("quicgo: server ID of %d bytes, want server_id_len %d", len(serverID), cfg.ServerIDLen)
 	}
-	return &Generator{cfg: cfg, serverID: append([]byte(nil), serverID...)}, nil
+	codec, err := quiclb.NewCodec(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Generator{codec: codec, cfg: cfg, serverID: append([]byte(nil), serverID...)}, nil
 }
 
 // GenerateConnectionID returns a new connection ID.
@@ -50,7 +59,7 @@ func (g *Generator) GenerateConnectionID() (quic.ConnectionID, error) {
 		return quic.ConnectionID{}, fmt.Errorf("quicgo: nonce: %w", err)
 	}
 	var cid [quiclb.MaxCIDLen]byte
-	n, err := g.cfg.Encode(cid[:], g.serverID, rnd[1:1+int(g.cfg.NonceLen)], rnd[0])
+	n, err := g.codec.Encode(cid[:], g.serverID, rnd[1:1+int(g.cfg.NonceLen)], rnd[0])
 	if err != nil {
 		return quic.ConnectionID{}, err
 	}
