@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -164,9 +165,15 @@ func (c *Client) Backends(ctx context.Context, cluster string) ([]Backend, error
 // AddBackend adds addr to cluster (POST /v1/backends). Weight 0 asks for the
 // server's default weight; the answer says which weight applies.
 func (c *Client) AddBackend(ctx context.Context, cluster string, addr netip.AddrPort, weight int) (BackendChange, error) {
-	b := addBackendBody{Cluster: cluster, Address: addrString(addr)}
-	if weight != 0 {
-		b.Weight = &weight
+	return c.AddBackendWith(ctx, cluster, addr, AddOptions{Weight: weight})
+}
+
+// AddBackendWith adds addr to cluster with opts (POST /v1/backends): weight
+// 0 asks for the server's default, opts.ServerID is raw bytes ("" for none).
+func (c *Client) AddBackendWith(ctx context.Context, cluster string, addr netip.AddrPort, opts AddOptions) (BackendChange, error) {
+	b := addBackendBody{Cluster: cluster, Address: addrString(addr), ServerID: hex.EncodeToString([]byte(opts.ServerID)), Backup: opts.Backup}
+	if opts.Weight != 0 {
+		b.Weight = &opts.Weight
 	}
 	var out BackendChange
 	err := c.do(ctx, http.MethodPost, "/v1/backends", nil, b, &out)
@@ -195,6 +202,15 @@ func (c *Client) SetWeight(ctx context.Context, cluster string, addr netip.AddrP
 	b := weightBody{Cluster: cluster, Address: addrString(addr), Weight: &weight}
 	var out BackendChange
 	err := c.do(ctx, http.MethodPost, "/v1/backends/weight", nil, b, &out)
+	return out, err
+}
+
+// SetBackup moves addr of cluster to the backup tier, or back to the
+// primaries when backup is false (POST /v1/backends/backup).
+func (c *Client) SetBackup(ctx context.Context, cluster string, addr netip.AddrPort, backup bool) (BackendChange, error) {
+	b := backupBody{Cluster: cluster, Address: addrString(addr), Backup: &backup}
+	var out BackendChange
+	err := c.do(ctx, http.MethodPost, "/v1/backends/backup", nil, b, &out)
 	return out, err
 }
 

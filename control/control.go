@@ -34,9 +34,11 @@ type Controller interface {
 	// Backends lists the backends of cluster, or of every cluster when
 	// cluster is "". An unknown cluster is an [ErrNotFound].
 	Backends(cluster string) ([]Backend, error)
-	// AddBackend adds addr to cluster with weight (already checked to be in
-	// 1..config.MaxWeight). An existing backend is an [ErrConflict].
-	AddBackend(cluster string, addr netip.AddrPort, weight int) error
+	// AddBackend adds addr to cluster as opts says (its weight already
+	// checked to be in 1..config.MaxWeight). An existing backend is an
+	// [ErrConflict]; a server ID the cluster cannot take (no quic_lb table,
+	// wrong length, another backend's) is an [ErrInvalid].
+	AddBackend(cluster string, addr netip.AddrPort, opts AddOptions) error
 	// RemoveBackend removes addr from cluster; its live flows end as the
 	// proxy's policy says.
 	RemoveBackend(cluster string, addr netip.AddrPort) error
@@ -46,12 +48,26 @@ type Controller interface {
 	// SetWeight changes the weight of addr (in 1..config.MaxWeight) for new
 	// flows.
 	SetWeight(cluster string, addr netip.AddrPort, weight int) error
+	// SetBackup moves addr to the backup tier (backup true: it takes new
+	// flows only while no primary is usable) or back to the primaries.
+	SetBackup(cluster string, addr netip.AddrPort, backup bool) error
 	// Flows returns at most limit live flows (limit is in 1..[MaxFlowLimit]).
 	Flows(limit int) ([]Flow, error)
 	// Reload re-reads the configuration file and applies what can change
 	// live. An invalid file is an [ErrInvalid] explaining what is wrong, and
 	// the running configuration stays.
 	Reload() (ReloadResult, error)
+}
+
+// AddOptions are the settings of a backend added through the API.
+type AddOptions struct {
+	// Weight is in 1..config.MaxWeight.
+	Weight int
+	// ServerID is the backend's QUIC-LB server ID as raw bytes ("" for
+	// none), for clusters with a quic_lb table.
+	ServerID string
+	// Backup puts the backend in the backup tier.
+	Backup bool
 }
 
 // Status describes the running proxy.
@@ -99,7 +115,13 @@ type Backend struct {
 	Name    string         `json:"name,omitempty"`
 	Address netip.AddrPort `json:"address"`
 	Weight  int            `json:"weight"`
-	State   State          `json:"state"`
+	// Backup reports a backend of the backup tier: it takes new flows only
+	// while no primary is usable.
+	Backup bool `json:"backup,omitempty"`
+	// ServerID is the backend's QUIC-LB server ID in hexadecimal; empty for
+	// none.
+	ServerID string `json:"server_id,omitempty"`
+	State    State  `json:"state"`
 	// Health holds the health checks' details; nil when the proxy has none.
 	Health *Health `json:"health,omitempty"`
 	// ActiveFlows is the number of live flows on the backend; nil when
@@ -178,11 +200,15 @@ func (r *ReloadResult) Unchanged() bool {
 // BackendChange is the answer to a change of one backend: what was done, to
 // which backend, and the weight now in force where it applies.
 type BackendChange struct {
-	// Action is "added", "removed", "drained", "undrained" or "weighted".
+	// Action is "added", "removed", "drained", "undrained", "weighted",
+	// "backup" or "primary".
 	Action  string         `json:"action"`
 	Cluster string         `json:"cluster"`
 	Address netip.AddrPort `json:"address"`
 	Weight  int            `json:"weight,omitempty"`
+	// Backup and ServerID (hexadecimal) are those of an added backend.
+	Backup   bool   `json:"backup,omitempty"`
+	ServerID string `json:"server_id,omitempty"`
 }
 
 // The actions of a [BackendChange].
@@ -192,4 +218,6 @@ const (
 	ActionDrained   = "drained"
 	ActionUndrained = "undrained"
 	ActionWeighted  = "weighted"
+	ActionBackup    = "backup"
+	ActionPrimary   = "primary"
 )

@@ -2,6 +2,7 @@ package control
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,8 +10,10 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/fastudp/fastudp/config"
+	"github.com/fastudp/fastudp/quiclb"
 )
 
 // Request limits.
@@ -30,6 +33,14 @@ type (
 		Cluster string `json:"cluster"`
 		Address string `json:"address"`
 		Weight  *int   `json:"weight,omitempty"`
+		// ServerID is the QUIC-LB server ID in hexadecimal.
+		ServerID string `json:"server_id,omitempty"`
+		Backup   bool   `json:"backup,omitempty"`
+	}
+	backupBody struct {
+		Cluster string `json:"cluster"`
+		Address string `json:"address"`
+		Backup  *bool  `json:"backup"`
 	}
 	drainBody struct {
 		Cluster string `json:"cluster"`
@@ -49,6 +60,9 @@ type backendArgs struct {
 	addr    netip.AddrPort
 	weight  int
 	drain   bool
+	backup  bool
+	// serverID is a QUIC-LB server ID, raw bytes.
+	serverID string
 }
 
 // decodeStrict decodes exactly one JSON object from body into v, rejecting
@@ -136,6 +150,47 @@ func decodeAddBackend(body []byte) (backendArgs, error) {
 	if err := checkWeight(a.weight); err != nil {
 		return backendArgs{}, err
 	}
+	sid, err := ParseServerID(b.ServerID)
+	if err != nil {
+		return backendArgs{}, err
+	}
+	a.serverID, a.backup = sid, b.Backup
+	return a, nil
+}
+
+// ParseServerID decodes a QUIC-LB server ID given in hexadecimal (optional
+// "0x", 1..quiclb.MaxServerIDLen bytes) into raw bytes; "" is no server ID.
+// Errors wrap [ErrInvalid].
+func ParseServerID(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	h := strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X")
+	b, err := hex.DecodeString(h)
+	if err != nil || len(b) == 0 {
+		return "", fmt.Errorf("%w: server_id %q: want hexadecimal bytes (e.g. \"0a01\")", ErrInvalid, s)
+	}
+	if len(b) > quiclb.MaxServerIDLen {
+		return "", fmt.Errorf("%w: server_id %q: %d bytes, at most %d", ErrInvalid, s, len(b), quiclb.MaxServerIDLen)
+	}
+	return string(b), nil
+}
+
+// decodeBackup decodes the body of POST /v1/backends/backup; backup is
+// required.
+func decodeBackup(body []byte) (backendArgs, error) {
+	var b backupBody
+	if err := decodeStrict(body, &b); err != nil {
+		return backendArgs{}, err
+	}
+	a, err := checkTarget(b.Cluster, b.Address)
+	if err != nil {
+		return backendArgs{}, err
+	}
+	if b.Backup == nil {
+		return backendArgs{}, fmt.Errorf("%w: backup is required (true or false)", ErrInvalid)
+	}
+	a.backup = *b.Backup
 	return a, nil
 }
 

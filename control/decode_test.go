@@ -1,6 +1,7 @@
 package control
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/netip"
@@ -30,6 +31,11 @@ func Test_decodeAddBackend(t *testing.T) {
 		{"two objects", `{"cluster":"dns","address":"10.0.0.1:53"}{}`, backendArgs{}, "data after"},
 		{"truncated", `{"cluster":"dns"`, backendArgs{}, "request body"},
 		{"whitespace only", " \n", backendArgs{}, "empty request body"},
+		{"server ID and backup", `{"cluster":"q","address":"10.0.0.1:53","server_id":"0x0A01","backup":true}`,
+			backendArgs{cluster: "q", addr: a, weight: 100, serverID: "\x0a\x01", backup: true}, ""},
+		{"server ID not hex", `{"cluster":"q","address":"10.0.0.1:53","server_id":"0g"}`, backendArgs{}, "want hexadecimal"},
+		{"server ID odd digits", `{"cluster":"q","address":"10.0.0.1:53","server_id":"abc"}`, backendArgs{}, "want hexadecimal"},
+		{"server ID too long", `{"cluster":"q","address":"10.0.0.1:53","server_id":"000102030405060708090a0b0c0d0e0f"}`, backendArgs{}, "at most"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -97,6 +103,8 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(`{"cluster":"dns","address":"[::1]:53","drain":true}`), "limit=10")
 	f.Add([]byte(`{"cluster":"dns","address":"[fe80::1%eth0]:53","weight":10000}`), "cluster=q")
 	f.Add([]byte(`{}`), "")
+	f.Add([]byte(`{"cluster":"q","address":"10.0.0.1:443","server_id":"0x0a01","backup":true}`), "")
+	f.Add([]byte(`{"cluster":"q","address":"10.0.0.1:443","backup":false}`), "")
 	f.Add([]byte(`{"cluster":"dns","address":"10.0.0.1:53"} x`), "limit=%zz")
 	f.Add([]byte(`{"cluster":"a","address":"1.2.3.4:1","weight":1e3}`), "cluster=&address=")
 	f.Fuzz(func(t *testing.T, body []byte, query string) {
@@ -109,8 +117,19 @@ func FuzzDecodeRequest(f *testing.F) {
 		if a, err := decodeAddBackend(body); err == nil {
 			checkArgs(t, a, true)
 			w := a.weight
-			b, _ := json.Marshal(addBackendBody{Cluster: a.cluster, Address: a.addr.String(), Weight: &w})
+			b, _ := json.Marshal(addBackendBody{Cluster: a.cluster, Address: a.addr.String(), Weight: &w,
+				ServerID: hex.EncodeToString([]byte(a.serverID)), Backup: a.backup})
 			if again, err := decodeAddBackend(b); err != nil || again != a {
+				t.Fatalf("re-encoded %s: %+v, %v; want %+v", b, again, err, a)
+			}
+		} else {
+			expectInvalid(err)
+		}
+		if a, err := decodeBackup(body); err == nil {
+			checkArgs(t, a, false)
+			bk := a.backup
+			b, _ := json.Marshal(backupBody{Cluster: a.cluster, Address: a.addr.String(), Backup: &bk})
+			if again, err := decodeBackup(b); err != nil || again != a {
 				t.Fatalf("re-encoded %s: %+v, %v; want %+v", b, again, err, a)
 			}
 		} else {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -237,6 +238,7 @@ func newHandler(c Controller, log *slog.Logger, token string) *handler {
 	h.route("DELETE", "/v1/backends", h.removeBackend)
 	h.route("POST", "/v1/backends/drain", h.drain)
 	h.route("POST", "/v1/backends/weight", h.weight)
+	h.route("POST", "/v1/backends/backup", h.backup)
 	h.route("GET", "/v1/flows", h.flows)
 	h.route("POST", "/v1/reload", h.reload)
 	h.route("POST", "/v1/upgrade", h.upgrade)
@@ -393,11 +395,34 @@ func (h *handler) addBackend(r *http.Request, body []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := h.c.AddBackend(a.cluster, a.addr, a.weight); err != nil {
+	opts := AddOptions{Weight: a.weight, ServerID: a.serverID, Backup: a.backup}
+	if err := h.c.AddBackend(a.cluster, a.addr, opts); err != nil {
 		return nil, fmt.Errorf("add backend %s to %s: %w", a.addr, a.cluster, err)
 	}
-	h.log.Info("control: backend added", "cluster", a.cluster, "backend", a.addr, "weight", a.weight)
-	return BackendChange{Action: ActionAdded, Cluster: a.cluster, Address: a.addr, Weight: a.weight}, nil
+	sid := hex.EncodeToString([]byte(a.serverID))
+	h.log.Info("control: backend added", "cluster", a.cluster, "backend", a.addr, "weight", a.weight,
+		"backup", a.backup, "server_id", sid)
+	return BackendChange{Action: ActionAdded, Cluster: a.cluster, Address: a.addr, Weight: a.weight,
+		Backup: a.backup, ServerID: sid}, nil
+}
+
+func (h *handler) backup(r *http.Request, body []byte) (any, error) {
+	if err := decodeEmptyQuery(r.URL.RawQuery); err != nil {
+		return nil, err
+	}
+	a, err := decodeBackup(body)
+	if err != nil {
+		return nil, err
+	}
+	action := ActionPrimary
+	if a.backup {
+		action = ActionBackup
+	}
+	if err := h.c.SetBackup(a.cluster, a.addr, a.backup); err != nil {
+		return nil, fmt.Errorf("make backend %s of %s %s: %w", a.addr, a.cluster, action, err)
+	}
+	h.log.Info("control: backend tier set", "cluster", a.cluster, "backend", a.addr, "backup", a.backup)
+	return BackendChange{Action: action, Cluster: a.cluster, Address: a.addr, Backup: a.backup}, nil
 }
 
 func (h *handler) removeBackend(r *http.Request, body []byte) (any, error) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -96,7 +97,8 @@ func (c *proxyController) Backends(cluster string) ([]control.Backend, error) {
 		}
 		ids, refs := p.picker.backendsOf(ci)
 		for i, r := range refs {
-			b := control.Backend{Cluster: name, Name: r.name, Address: r.addr, Weight: r.weight, State: control.StateUp}
+			b := control.Backend{Cluster: name, Name: r.name, Address: r.addr, Weight: r.weight, State: control.StateUp,
+				Backup: r.backup, ServerID: hex.EncodeToString([]byte(r.serverID))}
 			for _, bs := range hs.Backends {
 				if bs.Addr != r.addr {
 					continue
@@ -137,15 +139,30 @@ func (c *proxyController) cluster(name string) (int, error) {
 }
 
 // AddBackend implements control.Controller.
-func (c *proxyController) AddBackend(cluster string, addr netip.AddrPort, weight int) error {
+func (c *proxyController) AddBackend(cluster string, addr netip.AddrPort, opts control.AddOptions) error {
 	ci, err := c.cluster(cluster)
 	if err != nil {
 		return err
 	}
-	if err := apiError(c.p.picker.addBackend(ci, "", addr, weight)); err != nil {
+	r := backendRef{cluster: ci, addr: addr, weight: opts.Weight, backup: opts.Backup, serverID: opts.ServerID}
+	if err := apiError(c.p.picker.addBackendRef(r)); err != nil {
 		return err
 	}
-	c.p.log.Info("backend added", "cluster", cluster, "backend", addr, "weight", weight, "by", "control")
+	c.p.log.Info("backend added", "cluster", cluster, "backend", addr, "weight", opts.Weight, "backup", opts.Backup,
+		"server_id", hex.EncodeToString([]byte(opts.ServerID)), "by", "control")
+	return nil
+}
+
+// SetBackup implements control.Controller.
+func (c *proxyController) SetBackup(cluster string, addr netip.AddrPort, backup bool) error {
+	ci, err := c.cluster(cluster)
+	if err != nil {
+		return err
+	}
+	if err := apiError(c.p.picker.setBackup(ci, addr, backup)); err != nil {
+		return err
+	}
+	c.p.log.Info("backend tier", "cluster", cluster, "backend", addr, "backup", backup, "by", "control")
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/fastudp/fastudp/config"
 	"github.com/fastudp/fastudp/control"
+	"github.com/fastudp/fastudp/quiclb"
 )
 
 const ctlUsage = `Usage: fastudp ctl [--control PATH] [--json] COMMAND [ARGS]
@@ -25,11 +26,15 @@ Changes and inspects a running fastudp through its control socket.
 Commands:
   status                                 the process, its shards and each cluster's backends and flows
   backends [CLUSTER]                     backends: weight, state, health, live flows
-  backend add CLUSTER ADDR [--weight W]  add a backend (weight 1..10000, default 100)
+  backend add CLUSTER ADDR [--weight W] [--server-id HEX] [--backup]
+                                         add a backend (weight 1..10000, default 100; its QUIC-LB
+                                         server ID for a cluster with a quic_lb table; as a backup)
   backend remove CLUSTER ADDR            remove a backend
   backend drain CLUSTER ADDR             send a backend no new flows; its live flows go on
   backend undrain CLUSTER ADDR           let a drained backend take new flows again
   backend weight CLUSTER ADDR W          set a backend's weight for new flows
+  backend backup CLUSTER ADDR on|off     make a backend a backup (new flows only while no
+                                         primary is usable) or a primary again
   flows [--limit N]                      live flows (default 100, at most 100000)
   reload                                 re-read the config file and apply what can change live
   upgrade                                start the binary on disk and hand it every socket and flow
@@ -46,12 +51,14 @@ Exit status: 0 done, 1 the proxy refused or could not be reached, 2 usage error.
 
 // ctlOptions are the flags of `fastudp ctl`.
 type ctlOptions struct {
-	control string
-	json    bool
-	timeout time.Duration
-	weight  int
-	limit   int
-	given   []string // the command's flags given explicitly
+	control  string
+	json     bool
+	timeout  time.Duration
+	weight   int
+	serverID string
+	backup   bool
+	limit    int
+	given    []string // the command's flags given explicitly
 }
 
 // isGiven reports whether the flag name was given after the command.
@@ -142,7 +149,7 @@ func parseCtl(args []string, stdout, stderr io.Writer) (ctlRequest, ctlOptions, 
 	}
 	if cmd == "backend" {
 		if len(args) == 0 {
-			return nil, o, usageError("backend: want add, remove, drain, undrain or weight")
+			return nil, o, usageError("backend: want add, remove, drain, undrain, weight or backup")
 		}
 		cmd, args = "backend "+args[0], args[1:]
 	}
@@ -150,6 +157,8 @@ func parseCtl(args []string, stdout, stderr io.Writer) (ctlRequest, ctlOptions, 
 	switch cmd {
 	case "backend add":
 		fs.IntVar(&o.weight, "weight", 0, "the backend's `W`eight")
+		fs.StringVar(&o.serverID, "server-id", "", "the backend's QUIC-LB server ID in `HEX`")
+		fs.BoolVar(&o.backup, "backup", false, "add the backend as a backup")
 	case "flows":
 		fs.IntVar(&o.limit, "limit", 0, "show at most `N` flows")
 	}
@@ -240,7 +249,7 @@ func parseCtlRequest(cmd string, pos []string, o *ctlOptions) (ctlRequest, error
 		}
 		return func(ctx context.Context, cl *control.Client) (any, error) { return cl.Backends(ctx, cluster) }, nil
 	case "backend add":
-		if err := nargs(2, 2, "backend add CLUSTER ADDR [--weight W]"); err != nil {
+		if err := nargs(2, 2, "backend add CLUSTER ADDR [--weight W] [--server-id HEX] [--backup]"); err != nil {
 			return nil, err
 		}
 		t, err := target()
@@ -250,9 +259,35 @@ func parseCtlRequest(cmd string, pos []string, o *ctlOptions) (ctlRequest, error
 		if o.isGiven("weight") && (o.weight < 1 || o.weight > config.MaxWeight) {
 			return nil, usageError("--weight %d: want 1..%d", o.weight, config.MaxWeight)
 		}
-		w := o.weight
+		if o.isGiven("server-id") && o.serverID == "" {
+			return nil, usageError("--server-id: empty (give the server ID in hexadecimal, e.g. 0a01)")
+		}
+		sid, err := control.ParseServerID(o.serverID)
+		if err != nil {
+			return nil, usageError("--server-id %q: want 1..%d bytes in hexadecimal (e.g. 0a01)", o.serverID, quiclb.MaxServerIDLen)
+		}
+		opts := control.AddOptions{Weight: o.weight, ServerID: sid, Backup: o.backup}
 		return func(ctx context.Context, cl *control.Client) (any, error) {
-			return cl.AddBackend(ctx, t.cluster, t.addr, w)
+			return cl.AddBackendWith(ctx, t.cluster, t.addr, opts)
+		}, nil
+	case "backend backup":
+		if err := nargs(3, 3, "backend backup CLUSTER ADDR on|off"); err != nil {
+			return nil, err
+		}
+		t, err := target()
+		if err != nil {
+			return nil, err
+		}
+		var on bool
+		switch pos[2] {
+		case "on":
+			on = true
+		case "off":
+		default:
+			return nil, usageError("backend backup: %q: want on (a backup) or off (a primary)", pos[2])
+		}
+		return func(ctx context.Context, cl *control.Client) (any, error) {
+			return cl.SetBackup(ctx, t.cluster, t.addr, on)
 		}, nil
 	case "backend remove":
 		if err := nargs(2, 2, "backend remove CLUSTER ADDR"); err != nil {
@@ -313,7 +348,7 @@ func parseCtlRequest(cmd string, pos []string, o *ctlOptions) (ctlRequest, error
 		return func(ctx context.Context, cl *control.Client) (any, error) { return cl.Upgrade(ctx) }, nil
 	}
 	if rest, ok := strings.CutPrefix(cmd, "backend "); ok {
-		return nil, usageError("backend: unknown subcommand %q (want add, remove, drain, undrain or weight)", rest)
+		return nil, usageError("backend: unknown subcommand %q (want add, remove, drain, undrain, weight or backup)", rest)
 	}
 	return nil, usageError("unknown command %q", cmd)
 }
@@ -367,13 +402,18 @@ func printStatus(w io.Writer, st control.Status) {
 }
 
 func printBackends(w io.Writer, bs []control.Backend) {
-	fmt.Fprintln(w, "CLUSTER\tADDRESS\tNAME\tWEIGHT\tSTATE\tFLOWS\tHEALTH")
+	fmt.Fprintln(w, "CLUSTER\tADDRESS\tNAME\tWEIGHT\tTIER\tSERVER ID\tSTATE\tFLOWS\tHEALTH")
 	for _, b := range bs {
 		flows := "-"
 		if b.ActiveFlows != nil {
 			flows = strconv.FormatInt(*b.ActiveFlows, 10)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", b.Cluster, b.Address, orDash(b.Name), b.Weight, b.State, flows, healthText(b.Health))
+		tier := "primary"
+		if b.Backup {
+			tier = "backup"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", b.Cluster, b.Address, orDash(b.Name), b.Weight, tier, orDash(b.ServerID),
+			b.State, flows, healthText(b.Health))
 	}
 }
 
@@ -397,7 +437,18 @@ func healthText(h *control.Health) string {
 func printChange(w io.Writer, c control.BackendChange) {
 	switch c.Action {
 	case control.ActionAdded:
-		fmt.Fprintf(w, "added %s to cluster %s (weight %d)\n", c.Address, c.Cluster, c.Weight)
+		extra := ""
+		if c.Backup {
+			extra += ", backup"
+		}
+		if c.ServerID != "" {
+			extra += ", server ID " + c.ServerID
+		}
+		fmt.Fprintf(w, "added %s to cluster %s (weight %d%s)\n", c.Address, c.Cluster, c.Weight, extra)
+	case control.ActionBackup:
+		fmt.Fprintf(w, "%s in cluster %s is a backup: new flows only while no primary is usable\n", c.Address, c.Cluster)
+	case control.ActionPrimary:
+		fmt.Fprintf(w, "%s in cluster %s is a primary\n", c.Address, c.Cluster)
 	case control.ActionRemoved:
 		fmt.Fprintf(w, "removed %s from cluster %s\n", c.Address, c.Cluster)
 	case control.ActionDrained:

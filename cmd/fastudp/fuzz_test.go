@@ -17,6 +17,8 @@ func FuzzCtlArgs(f *testing.F) {
 		"--json\x00backend\x00weight\x00dns\x00[::1]:53\x007", "flows\x00--limit=10", "backend\x00drain\x00q\x001.2.3.4:5",
 		"--timeout\x00-1s\x00status", "--control=\x00reload", "backend\x00remove\x00\x001.2.3.4:5", "help", "--help",
 		"backend\x00undrain\x00c\x00[fe80::1%eth0]:53\x00--\x00--json", "flows\x00--limit\x009999999999999999999",
+		"backend\x00add\x00q\x0010.0.0.1:443\x00--server-id\x000x0a01\x00--backup", "backend\x00add\x00q\x0010.0.0.1:443\x00--server-id=zz",
+		"backend\x00backup\x00q\x0010.0.0.1:443\x00on", "backend\x00backup\x00q\x0010.0.0.1:443\x00maybe", "backend\x00add\x00q\x001.2.3.4:5\x00--backup=false",
 	} {
 		f.Add(s)
 	}

@@ -321,6 +321,13 @@ func (p *clusterPicker) addBackend(ci int, name string, addr netip.AddrPort, wei
 
 // addBackendAs is addBackend for a primary or, with backup, a backup backend.
 func (p *clusterPicker) addBackendAs(ci int, name string, addr netip.AddrPort, weight int, backup bool) error {
+	return p.addBackendRef(backendRef{cluster: ci, addr: addr, name: name, weight: weight, backup: backup})
+}
+
+// addBackendRef adds backend r (not removed) to cluster r.cluster; a server
+// ID must suit the cluster (see checkServerIDLocked).
+func (p *clusterPicker) addBackendRef(r backendRef) error {
+	ci, addr, weight := r.cluster, r.addr, r.weight
 	if !addr.IsValid() || addr.Port() == 0 || addr.Addr().IsUnspecified() || addr.Addr().IsMulticast() {
 		return fmt.Errorf("%w: %v is not a unicast ip:port", errInvalid, addr)
 	}
@@ -332,13 +339,16 @@ func (p *clusterPicker) addBackendAs(ci int, name string, addr netip.AddrPort, w
 	if p.findLocked(ci, addr) >= 0 {
 		return fmt.Errorf("%w: %v is already a backend of cluster %q", errConflict, addr, p.names[ci])
 	}
+	if err := p.checkServerIDLocked(ci, r.serverID); err != nil {
+		return err
+	}
 	if len(p.refs) >= p.capacity {
 		return fmt.Errorf("%w: %d backends added since start, the most without a restart", errInvalid, spareBackendIDs)
 	}
 	if p.clusters[ci].Load() == nil {
 		return fmt.Errorf("%w: cluster %q has no health state (it had no backend at start); restart to add one", errInvalid, p.names[ci])
 	}
-	p.refs = append(p.refs, backendRef{cluster: ci, addr: addr, name: name, weight: weight, backup: backup})
+	p.refs = append(p.refs, r)
 	if err := p.applyLocked(ci); err != nil {
 		p.refs = p.refs[:len(p.refs)-1]
 		return err

@@ -140,6 +140,29 @@ func (p *clusterPicker) setQUIC(ci int, on bool, cfg quiclb.Config) bool {
 	return true
 }
 
+// checkServerIDLocked checks that cluster ci can take a new backend with
+// server ID sid (raw bytes; "" always can): the cluster has a quic_lb table
+// whose server_id_len is len(sid), and no live backend of the cluster has
+// sid already.
+func (p *clusterPicker) checkServerIDLocked(ci int, sid string) error {
+	if sid == "" {
+		return nil
+	}
+	n := int(p.quic.cfg[ci].ServerIDLen)
+	switch {
+	case n == 0:
+		return fmt.Errorf("%w: server ID %x: cluster %q has no quic_lb table (server IDs need one)", errInvalid, sid, p.names[ci])
+	case len(sid) != n:
+		return fmt.Errorf("%w: server ID %x is %d bytes, cluster %q's quic_lb server_id_len is %d", errInvalid, sid, len(sid), p.names[ci], n)
+	}
+	for _, r := range p.refs {
+		if r.cluster == ci && !r.removed && r.serverID == sid {
+			return fmt.Errorf("%w: server ID %x is already backend %v's in cluster %q", errInvalid, sid, r.addr, p.names[ci])
+		}
+	}
+	return nil
+}
+
 // setServerID changes a backend's QUIC-LB server ID ("" for none).
 func (p *clusterPicker) setServerID(ci int, addr netip.AddrPort, sid string) error {
 	return p.changeBackend(ci, addr, func(r *backendRef) { r.serverID = sid })

@@ -4,6 +4,7 @@
 package controltest
 
 import (
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -154,7 +155,7 @@ func (c *Controller) backendLocked(cluster string, addr netip.AddrPort) (*contro
 }
 
 // AddBackend implements [control.Controller]; new backends are up.
-func (c *Controller) AddBackend(cluster string, addr netip.AddrPort, weight int) error {
+func (c *Controller) AddBackend(cluster string, addr netip.AddrPort, opts control.AddOptions) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fail != nil {
@@ -167,7 +168,25 @@ func (c *Controller) AddBackend(cluster string, addr netip.AddrPort, weight int)
 	if _, ok := bs[addr]; ok {
 		return fmt.Errorf("backend %s already in cluster %q: %w", addr, cluster, control.ErrConflict)
 	}
-	bs[addr] = &control.Backend{Cluster: cluster, Address: addr, Weight: weight, State: control.StateUp}
+	for _, b := range bs {
+		if opts.ServerID != "" && b.ServerID == hex.EncodeToString([]byte(opts.ServerID)) {
+			return fmt.Errorf("server ID %x is also backend %s's: %w", opts.ServerID, b.Address, control.ErrInvalid)
+		}
+	}
+	bs[addr] = &control.Backend{Cluster: cluster, Address: addr, Weight: opts.Weight, State: control.StateUp,
+		Backup: opts.Backup, ServerID: hex.EncodeToString([]byte(opts.ServerID))}
+	return nil
+}
+
+// SetBackup implements [control.Controller].
+func (c *Controller) SetBackup(cluster string, addr netip.AddrPort, backup bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, err := c.backendLocked(cluster, addr)
+	if err != nil {
+		return err
+	}
+	b.Backup = backup
 	return nil
 }
 
