@@ -279,8 +279,30 @@ func TestClient_routes(t *testing.T) {
 	if ch, err := cl.DrainBackend(ctx, "quic", addr3, false); err != nil || ch.Action != control.ActionUndrained {
 		t.Errorf("undrain: %v %+v", err, ch)
 	}
+	if ch, err := cl.SetBackup(ctx, "quic", addr3, true); err != nil || ch.Action != control.ActionBackup || !ch.Backup {
+		t.Errorf("backup on: %v %+v", err, ch)
+	}
+	if bs, err := cl.Backends(ctx, "quic"); err != nil || len(bs) != 2 || !bs[1].Backup || bs[0].Backup {
+		t.Errorf("after backup on: %v %+v", err, bs)
+	}
+	if ch, err := cl.SetBackup(ctx, "quic", addr3, false); err != nil || ch.Action != control.ActionPrimary || ch.Backup {
+		t.Errorf("backup off: %v %+v", err, ch)
+	}
+	if bs, err := cl.Backends(ctx, "quic"); err != nil || len(bs) != 2 || bs[1].Backup {
+		t.Errorf("after backup off: %v %+v", err, bs)
+	}
 	if ch, err := cl.RemoveBackend(ctx, "quic", addr3); err != nil || ch.Action != control.ActionRemoved {
 		t.Errorf("remove: %v %+v", err, ch)
+	}
+	ch, err = cl.AddBackendWith(ctx, "quic", addr3, control.AddOptions{ServerID: "\x0c\x03", Backup: true})
+	if err != nil || ch != (control.BackendChange{Action: control.ActionAdded, Cluster: "quic", Address: addr3, Weight: 100, Backup: true, ServerID: "0c03"}) {
+		t.Errorf("add with a server ID as a backup: %v %+v", err, ch)
+	}
+	if bs, err := cl.Backends(ctx, "quic"); err != nil || len(bs) != 2 || bs[1].ServerID != "0c03" || !bs[1].Backup {
+		t.Errorf("after add with a server ID: %v %+v", err, bs)
+	}
+	if _, err := cl.RemoveBackend(ctx, "quic", addr3); err != nil {
+		t.Errorf("remove: %v", err)
 	}
 	if bs, err := cl.Backends(ctx, "quic"); err != nil || len(bs) != 1 || bs[0].Address != addr1 {
 		t.Errorf("after remove: %v %+v", err, bs)
@@ -320,6 +342,11 @@ func TestClient_errors(t *testing.T) {
 		{"weight too big", func() error { _, err := cl.SetWeight(ctx, "dns", addr1, 10001); return err }, 400, control.ErrInvalid, "out of range 1..10000"},
 		{"limit too big", func() error { _, err := cl.Flows(ctx, 100001); return err }, 400, control.ErrInvalid, "limit"},
 		{"zero address", func() error { _, err := cl.DrainBackend(ctx, "dns", netip.AddrPort{}, true); return err }, 400, control.ErrInvalid, "address is required"},
+		{"backup of unknown backend", func() error { _, err := cl.SetBackup(ctx, "dns", addr3, true); return err }, 404, control.ErrNotFound, "backend [2001:db8::3]:53"},
+		{"server ID too long", func() error {
+			_, err := cl.AddBackendWith(ctx, "dns", addr3, control.AddOptions{ServerID: strings.Repeat("x", 16)})
+			return err
+		}, 400, control.ErrInvalid, "16 bytes, at most 15"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -405,6 +432,10 @@ func TestServer_errorStatuses(t *testing.T) {
 		{"weight missing", "POST", "/v1/backends/weight", `{"cluster": "dns", "address": "10.0.0.1:53"}`, 400, "weight is required"},
 		{"weight 10001", "POST", "/v1/backends/weight", `{"cluster": "dns", "address": "10.0.0.1:53", "weight": 10001}`, 400, "out of range"},
 		{"weight unknown cluster", "POST", "/v1/backends/weight", `{"cluster": "x", "address": "10.0.0.1:53", "weight": 1}`, 404, `cluster "x"`},
+		{"backup missing", "POST", "/v1/backends/backup", `{"cluster": "dns", "address": "10.0.0.1:53"}`, 400, "backup is required"},
+		{"backup not a bool", "POST", "/v1/backends/backup", `{"cluster": "dns", "address": "10.0.0.1:53", "backup": "on"}`, 400, "request body"},
+		{"backup unknown", "POST", "/v1/backends/backup", `{"cluster": "dns", "address": "10.0.0.9:53", "backup": true}`, 404, "10.0.0.9:53"},
+		{"add with a bad server ID", "POST", "/v1/backends", `{"cluster": "dns", "address": "10.0.0.9:53", "server_id": "0x"}`, 400, "want hexadecimal"},
 		{"limit 0", "GET", "/v1/flows?limit=0", "", 400, "limit"},
 		{"limit 100001", "GET", "/v1/flows?limit=100001", "", 400, "1..100000"},
 		{"limit not a number", "GET", "/v1/flows?limit=ten", "", 400, "limit"},
@@ -429,6 +460,7 @@ func TestServer_errorStatuses(t *testing.T) {
 			{"DELETE", "/v1/backends?cluster=dns&address=10.0.0.1:53", ""},
 			{"POST", "/v1/backends/drain", `{"cluster": "dns", "address": "10.0.0.1:53", "drain": false}`},
 			{"POST", "/v1/backends/weight", `{"cluster": "dns", "address": "10.0.0.1:53", "weight": 1}`},
+			{"POST", "/v1/backends/backup", `{"cluster": "dns", "address": "10.0.0.1:53", "backup": true}`},
 			{"GET", "/v1/flows", ""},
 			{"POST", "/v1/reload", ""},
 		} {

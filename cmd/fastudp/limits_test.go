@@ -250,7 +250,7 @@ func TestMetricsListenerServesNoControl(t *testing.T) {
 			}
 			for _, r := range [][2]string{
 				{"GET", "/v1/status"}, {"GET", "/v1/backends"}, {"POST", "/v1/backends"}, {"DELETE", "/v1/backends"},
-				{"POST", "/v1/backends/drain"}, {"POST", "/v1/backends/weight"}, {"GET", "/v1/flows"}, {"POST", "/v1/reload"}, {"GET", "/"},
+				{"POST", "/v1/backends/drain"}, {"POST", "/v1/backends/weight"}, {"POST", "/v1/backends/backup"}, {"GET", "/v1/flows"}, {"POST", "/v1/reload"}, {"GET", "/"},
 			} {
 				if code := get(r[0], r[1]); code != http.StatusNotFound && code != http.StatusMethodNotAllowed {
 					t.Errorf("%s %s on the metrics listener: %d, want 404", r[0], r[1], code)
