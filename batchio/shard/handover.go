@@ -46,8 +46,8 @@ type ShardState struct {
 	Upstreams []UpstreamState
 	// ClientQueues are replies waiting for buffer space, per listener.
 	ClientQueues [][]QueuedDatagram
-	// DNSInFlight counts DNS-mode queries in flight that are not carried
-	// (none: they travel in DNSSockets; kept for the upgrade report).
+	// DNSInFlight counts the DNS-mode queries in flight, which travel
+	// with their sockets in DNSSockets.
 	DNSInFlight int
 	// DNSSeed is the shard's DNS question-hash key, which the carried
 	// tables' hashes were made with.
@@ -321,6 +321,7 @@ func (s *Shard) handOver(now core.Time, r *handoverRequest) bool {
 		ListenerFDs:  append([]int(nil), s.opts.ListenerFDs...),
 		Core:         s.mgr.AppendState(nil, now),
 		ClientQueues: make([][]QueuedDatagram, len(s.listeners)),
+		DNSInFlight:  s.dnsInFlight(),
 	}
 	s.exportDNS(&st, now)
 	for i := range s.ups {
