@@ -1,12 +1,15 @@
 package shard
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fastudp/fastudp/core"
 	"github.com/fastudp/fastudp/dns"
@@ -122,4 +125,67 @@ func TestHandoverCarriesDNSQueries(t *testing.T) {
 	if _, after := be.stats(); after != before {
 		t.Fatalf("the new group opened new sockets: %d sources, then %d", before, after)
 	}
+}
+
+// TestHandoverBadDNSState resumes a group from DNS state that is corrupt
+// (a table that does not decode), names a backend the group lacks, or
+// repeats a socket index: the group starts without panicking, closes those
+// sockets, and answers new queries on the one valid socket.
+func TestHandoverBadDNSState(t *testing.T) {
+	t.Parallel()
+	r := newDNSResponder(t)
+	o := oneListener("127.0.0.1:0", core.ClusterConfig{}, fixedPicker{{ID: 0, Addr: r.addr()}})
+	o.Listeners[0].DNS = &DNSListener{Sockets: 4, MaxInFlight: 100, Timeout: 5 * time.Second}
+	a := startGroup(t, o)
+	c := dnsClient(t, a.addr())
+	if _, err := c.Write(query(t, 77, "before.example.test.")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readAnswer(c, waitTimeout); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h, err := a.Pause(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, err := MarshalState(&h.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dups []int
+	for _, fd := range h.State.FDs() {
+		d, err := unix.Dup(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dups = append(dups, d)
+	}
+	st, err := UnmarshalState(meta, dups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	socks := st.Shards[0].DNSSockets
+	if len(socks) != 4 {
+		t.Fatalf("%d DNS sockets handed over, want 4", len(socks))
+	}
+	socks[0].Table = []byte{1, 0, 0, 0, 9, 1, 2}
+	socks[1].Backend = 99
+	socks[3].Index = socks[2].Index // socket 2 is taken over, this one refused
+	o.Listeners[0].Addr = a.addr()
+	o.Resume = st
+	b := startGroup(t, o)
+	h.Release()
+	for i := range 5 {
+		if _, err := c.Write(query(t, uint16(100+i), "after.example.test.")); err != nil {
+			t.Fatal(err)
+		}
+		ans, err := readAnswer(c, waitTimeout)
+		if err != nil || dns.ID(ans) != uint16(100+i) {
+			t.Fatalf("query %d after the handover: %v", i, err)
+		}
+	}
+	// The one socket taken over serves them: no socket of its own opened.
+	waitValue(t, "DNS sockets", func() uint64 { return b.openSockets(0) }, 1)
 }
