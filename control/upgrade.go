@@ -28,9 +28,10 @@ type UpgradeResult struct {
 	NewPID int `json:"new_pid"`
 	// Flows is the number of live flows handed over (with their sockets).
 	Flows int `json:"flows"`
-	// DNSQueriesDropped counts DNS-mode queries in flight, which are not
-	// carried (clients retry them).
-	DNSQueriesDropped int `json:"dns_queries_dropped"`
+	// DNSQueriesCarried counts DNS-mode queries in flight at the handover,
+	// carried with their upstream sockets (the new process returns their
+	// answers).
+	DNSQueriesCarried int `json:"dns_queries_carried"`
 	// Paused is how long the shards were paused (datagrams waited in the
 	// kernel's socket buffers meanwhile; nanoseconds in JSON).
 	Paused time.Duration `json:"paused_ns"`

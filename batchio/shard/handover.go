@@ -32,8 +32,8 @@ import (
 // SO_REUSEPORT group, with steering attached anew) and the same upstream
 // sockets, so every flow keeps its source address and port at the backend.
 //
-// DNS-mode shared upstream sockets are not carried: queries in flight at the
-// handover (ShardState.DNSInFlight) get no answer and clients retry them.
+// DNS-mode shared upstream sockets travel too, with their outstanding
+// queries (dns_handover.go).
 
 // ShardState is what one shard hands over.
 type ShardState struct {
@@ -46,8 +46,14 @@ type ShardState struct {
 	Upstreams []UpstreamState
 	// ClientQueues are replies waiting for buffer space, per listener.
 	ClientQueues [][]QueuedDatagram
-	// DNSInFlight counts DNS-mode queries in flight, which are not carried.
+	// DNSInFlight counts the DNS-mode queries in flight, which travel
+	// with their sockets in DNSSockets.
 	DNSInFlight int
+	// DNSSeed is the shard's DNS question-hash key, which the carried
+	// tables' hashes were made with.
+	DNSSeed uint64 `json:",omitempty"`
+	// DNSSockets are the shard's shared DNS-mode upstream sockets.
+	DNSSockets []DNSSocketState `json:",omitempty"`
 }
 
 // UpstreamState is one live flow's upstream socket.
@@ -93,6 +99,11 @@ func (st *GroupState) FDs() []int {
 			fds = append(fds, u.FD)
 		}
 	}
+	for i := range st.Shards {
+		for _, d := range st.Shards[i].DNSSockets {
+			fds = append(fds, d.FD)
+		}
+	}
 	for _, s := range st.Steering {
 		fds = append(fds, s...)
 	}
@@ -118,6 +129,10 @@ func MarshalState(st *GroupState) ([]byte, error) {
 		s.Upstreams = append([]UpstreamState(nil), s.Upstreams...)
 		for j := range s.Upstreams {
 			s.Upstreams[j].FD = -1
+		}
+		s.DNSSockets = append([]DNSSocketState(nil), s.DNSSockets...)
+		for j := range s.DNSSockets {
+			s.DNSSockets[j].FD = -1
 		}
 		c.Shards[i] = s
 	}
@@ -175,6 +190,15 @@ func UnmarshalState(b []byte, fds []int) (*GroupState, error) {
 				return nil, err
 			}
 			u.FD = fd
+		}
+	}
+	for i := range st.Shards {
+		for j := range st.Shards[i].DNSSockets {
+			fd, err := take()
+			if err != nil {
+				return nil, err
+			}
+			st.Shards[i].DNSSockets[j].FD = fd
 		}
 	}
 	if len(st.Steering) != 0 && len(st.Steering) != len(st.Addrs) {
@@ -237,7 +261,7 @@ func (h *Handover) Resume() { h.decision.decide(false) }
 
 // Release ends the paused shards without closing their listener and
 // upstream sockets (another process serves them now) and waits for them to
-// return. Their other descriptors (epoll, eventfd, DNS-mode sockets) close.
+// return. Their other descriptors (epoll, eventfd) close.
 func (h *Handover) Release() {
 	h.decision.decide(true)
 	for _, s := range h.g.shards {
@@ -299,6 +323,7 @@ func (s *Shard) handOver(now core.Time, r *handoverRequest) bool {
 		ClientQueues: make([][]QueuedDatagram, len(s.listeners)),
 		DNSInFlight:  s.dnsInFlight(),
 	}
+	s.exportDNS(&st, now)
 	for i := range s.ups {
 		u := &s.ups[i]
 		if u.flow == 0 {
@@ -320,8 +345,8 @@ func (s *Shard) handOver(now core.Time, r *handoverRequest) bool {
 	if !r.decision.exit {
 		return false
 	}
-	// The listener and upstream sockets belong to the new process now.
-	s.closeDNS()
+	// The listener, upstream and DNS sockets belong to the new process now.
+	s.dns.socks = nil
 	s.closed = true
 	s.wakeMu.Lock()
 	unix.Close(s.wakefd)

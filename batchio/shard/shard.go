@@ -327,6 +327,7 @@ func New(opts Options) (*Shard, error) {
 		}
 	}
 	s.initDNS()
+	s.adoptDNS(opts.Resume) // dns_handover.go
 	return s, nil
 }
 

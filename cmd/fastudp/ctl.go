@@ -371,8 +371,8 @@ func printCtl(w io.Writer, v any) error {
 		fmt.Fprintf(tw, "upgraded\tpid %d -> %d\n", v.OldPID, v.NewPID)
 		fmt.Fprintf(tw, "flows handed over\t%d\n", v.Flows)
 		fmt.Fprintf(tw, "paused\t%s\n", v.Paused)
-		if v.DNSQueriesDropped > 0 {
-			fmt.Fprintf(tw, "dns queries in flight, not carried\t%d\n", v.DNSQueriesDropped)
+		if v.DNSQueriesCarried > 0 {
+			fmt.Fprintf(tw, "dns queries in flight, carried\t%d\n", v.DNSQueriesCarried)
 		}
 	default:
 		return fmt.Errorf("no table for %T", v)

@@ -254,7 +254,7 @@ func (p *proxy) upgrade() (control.UpgradeResult, error) {
 	}
 	u.handedOver.Store(true)
 	p.log.Info("upgrade: handed over; exiting", "new_pid", res.NewPID, "flows", res.Flows,
-		"paused", res.Paused, "dns_queries_dropped", res.DNSQueriesDropped)
+		"paused", res.Paused, "dns_queries_carried", res.DNSQueriesCarried)
 	go p.exitAfterHandover()
 	return res, nil
 }
@@ -425,7 +425,7 @@ func (p *proxy) handOver(deadline time.Time) (res control.UpgradeResult, err err
 	committed = true
 	res = control.UpgradeResult{OldPID: os.Getpid(), NewPID: cmd.Process.Pid, Flows: h.State.Flows(), Paused: time.Since(paused)}
 	for _, s := range h.State.Shards {
-		res.DNSQueriesDropped += s.DNSInFlight
+		res.DNSQueriesCarried += s.DNSInFlight
 	}
 	return res, nil
 }
