@@ -1,15 +1,12 @@
 package shard
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/fastudp/fastudp/core"
 	"github.com/fastudp/fastudp/dns"
@@ -144,28 +141,7 @@ func TestHandoverBadDNSState(t *testing.T) {
 	if _, err := readAnswer(c, waitTimeout); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	h, err := a.Pause(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	meta, err := MarshalState(&h.State)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dups []int
-	for _, fd := range h.State.FDs() {
-		d, err := unix.Dup(fd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dups = append(dups, d)
-	}
-	st, err := UnmarshalState(meta, dups)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, st := exportState(t, a)
 	socks := st.Shards[0].DNSSockets
 	if len(socks) != 4 {
 		t.Fatalf("%d DNS sockets handed over, want 4", len(socks))

@@ -511,28 +511,11 @@ func TestDNSModeAllocatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	b := batchio.NewBatch(1)
-	q := query(t, 77, "alloc.example.test.")
-	send := []batchio.Message{{Buf: q}}
-	recv := []batchio.Message{{Buf: make([]byte, 2048)}}
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	roundTrip := func() {
-		if _, err := b.Send(fd, send); err != nil {
-			t.Fatal(err)
+	roundTrip := rawRoundTrip(t, fd, query(t, 77, "alloc.example.test."), func(reply []byte) {
+		if dns.ID(reply) != 77 {
+			t.Fatal("wrong answer")
 		}
-		for {
-			if _, err := unix.Poll(pfd, 5000); err != nil && err != unix.EINTR {
-				t.Fatal(err)
-			}
-			n, _ := b.Recv(fd, recv)
-			if n == 1 {
-				if dns.ID(recv[0].Buf[:recv[0].N]) != 77 {
-					t.Fatal("wrong answer")
-				}
-				return
-			}
-		}
-	}
+	})
 	for range 200 { // warm up: sockets, tables, buffers
 		roundTrip()
 	}

@@ -12,10 +12,10 @@ import (
 	"github.com/fastudp/fastudp/core"
 )
 
-// handOverTo exports g's state, passes its sockets as duplicates (what
-// SCM_RIGHTS gives another process) through the encoded form, and starts a
-// group resumed from it with options o. It returns the paused handover.
-func handOverTo(t *testing.T, g *testGroup, o GroupOptions) (*Handover, *testGroup) {
+// exportState pauses g and returns its handover and its state as another
+// process would receive it: encoded, with the sockets as duplicates (what
+// SCM_RIGHTS gives).
+func exportState(t *testing.T, g *testGroup) (*Handover, *GroupState) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -39,6 +39,14 @@ func handOverTo(t *testing.T, g *testGroup, o GroupOptions) (*Handover, *testGro
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h, st
+}
+
+// handOverTo exports g's state and starts a group resumed from it with
+// options o. It returns the paused handover.
+func handOverTo(t *testing.T, g *testGroup, o GroupOptions) (*Handover, *testGroup) {
+	t.Helper()
+	h, st := exportState(t, g)
 	o.Resume = st
 	return h, startGroup(t, o)
 }
